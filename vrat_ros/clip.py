@@ -1,0 +1,192 @@
+"""Reference clips: joint-angle trajectories of the rat with their frame rate and provenance.
+
+A clip file is a NumPy .npz archive (loaded with allow_pickle=False, so it never runs code):
+  qpos         (T, nq) float64  root position (m), root quaternion (w, x, y, z), hinge angles (rad)
+  fps          ()      float64  frames per second of the source
+  joint_names  (nq-7,) str      hinge names in qpos order (matched by name against the body)
+  body_scale   ()      float64  the body scale the clip was fitted for
+  meta_json    ()      str      provenance: source file, format, licence, import parameters
+and optionally keypoints (T, K, 3) float64 in metres with keypoint_names (K,) str.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+import numpy.typing as npt
+
+from vrat_ros.errors import ClipError
+
+_REQUIRED = ('qpos', 'fps', 'joint_names', 'body_scale', 'meta_json')
+
+
+def quat_normalize(q: np.ndarray) -> np.ndarray:
+    return q / np.linalg.norm(q, axis=-1, keepdims=True)
+
+
+def quat_slerp(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
+    """Spherical interpolation between unit quaternions (w, x, y, z), shortest path."""
+    q0 = quat_normalize(np.asarray(q0, dtype=np.float64))
+    q1 = quat_normalize(np.asarray(q1, dtype=np.float64))
+    dot = float(np.dot(q0, q1))
+    if dot < 0.0:
+        q1, dot = -q1, -dot
+    if dot > 0.9995:  # nearly parallel: linear interpolation is exact enough and stable
+        return quat_normalize(q0 + s * (q1 - q0))
+    theta = np.arccos(dot)
+    return (np.sin((1.0 - s) * theta) * q0 + np.sin(s * theta) * q1) / np.sin(theta)
+
+
+def atomic_write(path: str, write_fn) -> None:
+    """Writes a file through `write_fn(tmp_path)` then renames it, so no half file is left."""
+    directory = os.path.dirname(os.path.abspath(path)) or '.'
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclasses.dataclass
+class Clip:
+    """A reference motion for the rat, indexed by time."""
+
+    qpos: np.ndarray
+    fps: float
+    joint_names: list[str]
+    body_scale: float
+    meta: dict
+    keypoints: np.ndarray | None = None
+    keypoint_names: list[str] | None = None
+
+    def __post_init__(self):
+        self.qpos = np.asarray(self.qpos, dtype=np.float64)
+        if self.qpos.ndim != 2 or self.qpos.shape[0] < 2:
+            raise ClipError(f'clip qpos should be (T >= 2, nq): got shape {self.qpos.shape}')
+        if self.qpos.shape[1] != 7 + len(self.joint_names):
+            raise ClipError(
+                f'clip qpos width {self.qpos.shape[1]} does not match 7 root values + '
+                f'{len(self.joint_names)} joint names')
+        if not np.all(np.isfinite(self.qpos)):
+            raise ClipError('clip qpos has non-finite values')
+        if not (np.isfinite(self.fps) and self.fps > 0):
+            raise ClipError(f'clip fps should be a positive number: got {self.fps}')
+        self.fps = float(self.fps)
+        self.joint_names = [str(n) for n in self.joint_names]
+        self.qpos[:, 3:7] = quat_normalize(self.qpos[:, 3:7])
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.qpos.shape[0])
+
+    @property
+    def duration_s(self) -> float:
+        """Time of the last frame (s); frame i sits at i / fps."""
+        return (self.n_frames - 1) / self.fps
+
+    def frame_position(self, t: float) -> float:
+        """Returns the fractional frame index for time `t` (s), clamped to the clip."""
+        return float(np.clip(t * self.fps, 0.0, self.n_frames - 1))
+
+    def sample(self, t: float) -> np.ndarray:
+        """Returns qpos (nq,) at time `t` (s): linear in positions and angles, slerp in rotation.
+
+        Past the end, the last frame is held.
+        """
+        x = self.frame_position(t)
+        i0 = int(np.floor(x))
+        i1 = min(i0 + 1, self.n_frames - 1)
+        s = x - i0
+        q0, q1 = self.qpos[i0], self.qpos[i1]
+        out = (1.0 - s) * q0 + s * q1
+        out[3:7] = quat_slerp(q0[3:7], q1[3:7], s)
+        return out
+
+    def window(self, t: float, n_frames: int, dt: float) -> np.ndarray:
+        """Returns (n_frames, nq) samples at t, t + dt, ..., t + (n_frames - 1) dt."""
+        return np.stack([self.sample(t + k * dt) for k in range(n_frames)])
+
+    def velocity(self, t: float, dt: float = 1e-3) -> np.ndarray:
+        """Returns qvel (nq - 1,) at time t by central differences (root angular rate in body frame)."""
+        from vrat_ros.kinematics import qpos_difference  # local: kinematics imports numpy only
+        lo, hi = max(t - dt, 0.0), min(t + dt, self.duration_s)
+        if hi <= lo:
+            return np.zeros(self.qpos.shape[1] - 1)
+        return qpos_difference(self.sample(lo), self.sample(hi)) / (hi - lo)
+
+    def save(self, path: str) -> None:
+        """Writes the clip atomically as .npz (see the module docstring for the layout)."""
+        arrays = {
+            'qpos': self.qpos, 'fps': np.float64(self.fps),
+            'joint_names': np.array(self.joint_names, dtype=str),
+            'body_scale': np.float64(self.body_scale),
+            'meta_json': np.array(json.dumps(self.meta, sort_keys=True)),
+        }
+        if self.keypoints is not None:
+            arrays['keypoints'] = np.asarray(self.keypoints, dtype=np.float64)
+            arrays['keypoint_names'] = np.array(self.keypoint_names, dtype=str)
+
+        def write(tmp):
+            with open(tmp, 'wb') as f:
+                np.savez_compressed(f, **arrays)
+        atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: str) -> 'Clip':
+        """Reads a clip written by `save`.
+
+        Raises:
+            ClipError: the file is missing, not an .npz clip, or its arrays are inconsistent.
+        """
+        if not os.path.isfile(path):
+            raise ClipError(f"clip file '{path}' does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [k for k in _REQUIRED if k not in z.files]
+                if missing:
+                    raise ClipError(f"'{path}' is not a vrat clip: missing arrays {missing}")
+                data = {k: z[k] for k in z.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            raise ClipError(f"'{path}' is not a readable vrat clip (.npz): {exc}") from exc
+        try:
+            meta = json.loads(str(data['meta_json']))
+        except json.JSONDecodeError as exc:
+            raise ClipError(f"'{path}': meta_json is not valid JSON: {exc}") from exc
+        return cls(
+            qpos=data['qpos'], fps=float(data['fps']),
+            joint_names=[str(n) for n in data['joint_names']],
+            body_scale=float(data['body_scale']), meta=meta,
+            keypoints=data.get('keypoints'),
+            keypoint_names=(None if 'keypoint_names' not in data
+                            else [str(n) for n in data['keypoint_names']]))
+
+    def reorder_to(self, hinge_names: list[str]) -> 'Clip':
+        """Returns a copy whose hinge columns follow `hinge_names` (matched by name).
+
+        Raises:
+            ClipError: a hinge of the body is missing from the clip.
+        """
+        index = {n: i for i, n in enumerate(self.joint_names)}
+        missing = [n for n in hinge_names if n not in index]
+        if missing:
+            raise ClipError(
+                f'clip lacks {len(missing)} joints of the body, e.g. {missing[:5]}')
+        cols = [0, 1, 2, 3, 4, 5, 6] + [7 + index[n] for n in hinge_names]
+        return dataclasses.replace(self, qpos=self.qpos[:, cols], joint_names=list(hinge_names))
+
+
+def clip_from_arrays(qpos: npt.ArrayLike, fps: float, joint_names: list[str],
+                     body_scale: float, meta: dict) -> Clip:
+    """Convenience constructor used by importers and tests."""
+    return Clip(qpos=np.asarray(qpos), fps=fps, joint_names=joint_names,
+                body_scale=body_scale, meta=meta)

@@ -1,0 +1,175 @@
+"""ONNX policy runtime and the vrat contract stored inside the model file.
+
+The contract is JSON in the ONNX model's metadata_props under the key 'vrat_contract':
+  format_version     1
+  joint_names        joints the observation reads, in order (matched by name to joint states)
+  actuator_names     actuators the action drives, in order (the command's joint names)
+  command_interface  'effort' (torque commands, N m)
+  action_scale       per actuator, torque = clip(action, action_clip) * action_scale
+  action_clip        [lo, hi] bounds of the raw action
+  control_rate_hz    rate the network was trained for
+  reference          {'frames': K, 'dt_s': seconds between frames}
+  observation        {'size': N, 'layout': [{'name', 'size'}, ...]} (see observation.py)
+  input_name, output_name   graph tensor names
+  layers             names of extra graph outputs that expose hidden activations
+  body               {'name', 'scale', 'actuators'} the body it was trained on
+Observation normalisation is part of the graph; callers feed raw observations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import numpy.typing as npt
+
+from vrat_ros.errors import PolicyLoadError
+from vrat_ros.errors import PolicyShapeError
+from vrat_ros.observation import observation_size
+
+CONTRACT_KEY = 'vrat_contract'
+CONTRACT_VERSION = 1
+_REQUIRED_KEYS = ('joint_names', 'actuator_names', 'command_interface', 'action_scale',
+                  'action_clip', 'control_rate_hz', 'reference', 'observation',
+                  'input_name', 'output_name')
+
+
+def validate_contract(contract: dict) -> dict:
+    """Checks a contract's keys and internal consistency; returns it.
+
+    Raises:
+        PolicyLoadError: a key is missing or two fields disagree.
+    """
+    missing = [k for k in _REQUIRED_KEYS if k not in contract]
+    if missing:
+        raise PolicyLoadError(f'vrat contract lacks keys {missing}')
+    n_act = len(contract['actuator_names'])
+    if len(contract['action_scale']) != n_act:
+        raise PolicyLoadError(
+            f"contract action_scale has {len(contract['action_scale'])} entries for "
+            f'{n_act} actuators')
+    expected = observation_size(len(contract['joint_names']), int(contract['reference']['frames']))
+    if int(contract['observation']['size']) != expected:
+        raise PolicyLoadError(
+            f"contract observation size {contract['observation']['size']} does not match its "
+            f"{len(contract['joint_names'])} joints and {contract['reference']['frames']} "
+            f'reference frames (expected {expected})')
+    contract.setdefault('layers', [])
+    return contract
+
+
+def read_contract(path: str) -> dict:
+    """Reads the vrat contract stored in an ONNX file, without running it."""
+    import onnx  # only needed here; the runtime path uses onnxruntime alone
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for non-ONNX bytes
+        raise PolicyLoadError(f"'{path}' is not an ONNX model: {exc}") from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    if CONTRACT_KEY not in props:
+        raise PolicyLoadError(f"'{path}' has no '{CONTRACT_KEY}' metadata; not a vrat policy")
+    return validate_contract(json.loads(props[CONTRACT_KEY]))
+
+
+class OnnxPolicy:
+    """Runs a vrat ONNX policy with onnxruntime on the CPU.
+
+    Args:
+        path: the .onnx file.
+        expected_observation_size: if given, refuse a model whose input width differs.
+        intra_op_threads: onnxruntime threads (1 keeps a control loop predictable).
+    """
+
+    def __init__(self, path: str, expected_observation_size: int | None = None,
+                 intra_op_threads: int = 1):
+        import onnxruntime as ort
+        if not os.path.isfile(path):
+            raise PolicyLoadError(f"policy file '{path}' does not exist")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                path, sess_options=opts, providers=['CPUExecutionProvider'])
+        except Exception as exc:
+            raise PolicyLoadError(f"'{path}' could not be loaded by onnxruntime: {exc}") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if CONTRACT_KEY not in meta:
+            raise PolicyLoadError(f"'{path}' has no '{CONTRACT_KEY}' metadata; not a vrat policy")
+        try:
+            self.contract = validate_contract(json.loads(meta[CONTRACT_KEY]))
+        except json.JSONDecodeError as exc:
+            raise PolicyLoadError(f"'{path}': contract is not valid JSON: {exc}") from exc
+        self.path = path
+
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        name = self.contract['input_name']
+        if name not in inputs:
+            raise PolicyShapeError(
+                f"model has no input '{name}'; inputs are {sorted(inputs)}")
+        shape = list(inputs[name].shape)
+        width = shape[-1]
+        obs_size = int(self.contract['observation']['size'])
+        if not isinstance(width, int) or width != obs_size:
+            raise PolicyShapeError(
+                f"model input '{name}' has shape {shape} but the contract's observation has "
+                f'{obs_size} values')
+        if expected_observation_size is not None and width != expected_observation_size:
+            raise PolicyShapeError(
+                f'model input width {width} does not match the observation size '
+                f'{expected_observation_size} built for this body')
+        self._input_name = name
+        self._input_dtype = np.float64 if 'double' in inputs[name].type else np.float32
+        self._batched = len(shape) == 2
+
+        outputs = [o.name for o in self.session.get_outputs()]
+        if self.contract['output_name'] not in outputs:
+            raise PolicyShapeError(
+                f"model has no output '{self.contract['output_name']}'; outputs are {outputs}")
+        self.layer_names = [n for n in self.contract['layers'] if n in outputs]
+        self._outputs = [self.contract['output_name']] + self.layer_names
+        self.action_scale = np.asarray(self.contract['action_scale'], dtype=np.float64)
+        self.action_clip = tuple(float(v) for v in self.contract['action_clip'])
+        self.joint_names: list[str] = list(self.contract['joint_names'])
+        self.actuator_names: list[str] = list(self.contract['actuator_names'])
+        self.observation_size = obs_size
+        self.reference_frames = int(self.contract['reference']['frames'])
+        self.reference_dt = float(self.contract['reference']['dt_s'])
+        self.control_rate_hz = float(self.contract['control_rate_hz'])
+
+        out_shape = self.session.get_outputs()[outputs.index(self.contract['output_name'])].shape
+        if isinstance(out_shape[-1], int) and out_shape[-1] != len(self.actuator_names):
+            raise PolicyShapeError(
+                f'model output has {out_shape[-1]} values for {len(self.actuator_names)} '
+                'actuators in its contract')
+
+    def run(self, observation: npt.ArrayLike, with_layers: bool = False):
+        """Evaluates the network on one observation.
+
+        Args:
+            observation: (observation_size,) raw observation (float32 or float64).
+            with_layers: also return the hidden activations named in the contract.
+
+        Returns:
+            action (nu,) float64 clipped to action_clip, and if with_layers a dict
+            {layer name: (n,) float32 activations}.
+        """
+        obs = np.asarray(observation, dtype=self._input_dtype).reshape(-1)
+        if obs.shape[0] != self.observation_size:
+            raise PolicyShapeError(
+                f'observation has {obs.shape[0]} values; the policy expects '
+                f'{self.observation_size}')
+        feed = obs[None, :] if self._batched else obs
+        names = self._outputs if with_layers else self._outputs[:1]
+        results = self.session.run(names, {self._input_name: feed})
+        action = np.clip(np.asarray(results[0], dtype=np.float64).reshape(-1), *self.action_clip)
+        if not with_layers:
+            return action
+        layers = {n: np.asarray(r, dtype=np.float32).reshape(-1)
+                  for n, r in zip(self.layer_names, results[1:])}
+        return action, layers
+
+    def torques(self, observation: npt.ArrayLike) -> np.ndarray:
+        """Returns actuator torques (N m) for one observation: clipped action * action_scale."""
+        return self.run(observation) * self.action_scale

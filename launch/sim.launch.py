@@ -1,0 +1,64 @@
+"""Starts the closed loop: reference, policy and MuJoCo sim nodes, each its own process.
+
+Arguments (ros2 launch vrat_ros sim.launch.py --show-args lists them):
+  clip_file, policy_file      paths; default to the clip and policy shipped in the package
+  mode                        lockstep (sim advances one control period per command) or realtime
+  sim                         false leaves the sim out so a robot driver can take its place
+  publish_float64_array       also send ros2_control-style Float64MultiArray commands
+  use_sim_time                follow /clock from the sim (true with the sim)
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch.substitutions import PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+from launch_ros.parameter_descriptions import ParameterValue
+
+from vrat_ros.resources import default_clip_path
+from vrat_ros.resources import default_policy_path
+
+
+def generate_launch_description():
+    config_dir = PathJoinSubstitution([FindPackageShare('vrat_ros'), 'config'])
+    clip_file = LaunchConfiguration('clip_file')
+    policy_file = LaunchConfiguration('policy_file')
+    use_sim_time = ParameterValue(LaunchConfiguration('use_sim_time'), value_type=bool)
+
+    arguments = [
+        DeclareLaunchArgument('clip_file', default_value=default_clip_path(),
+                              description='Reference clip (.npz) to track.'),
+        DeclareLaunchArgument('policy_file', default_value=default_policy_path(),
+                              description='ONNX policy with a vrat contract.'),
+        DeclareLaunchArgument('mode', default_value='lockstep',
+                              choices=['lockstep', 'realtime'],
+                              description='Sim stepping: one period per command, or wall clock.'),
+        DeclareLaunchArgument('sim', default_value='true', choices=['true', 'false'],
+                              description='Start the MuJoCo sim; false leaves room for a driver.'),
+        DeclareLaunchArgument('publish_float64_array', default_value='false',
+                              choices=['true', 'false'],
+                              description='Also publish effort_controller/commands.'),
+        DeclareLaunchArgument('use_sim_time', default_value='true', choices=['true', 'false'],
+                              description='Follow /clock published by the sim.'),
+    ]
+
+    reference = Node(
+        package='vrat_ros', executable='reference_node', name='reference', output='screen',
+        parameters=[PathJoinSubstitution([config_dir, 'reference.yaml']),
+                    {'clip_file': clip_file, 'use_sim_time': use_sim_time}])
+    policy = Node(
+        package='vrat_ros', executable='policy_node', name='policy', output='screen',
+        parameters=[PathJoinSubstitution([config_dir, 'policy.yaml']),
+                    {'policy_file': policy_file, 'use_sim_time': use_sim_time,
+                     'publish_float64_array': ParameterValue(
+                         LaunchConfiguration('publish_float64_array'), value_type=bool)}])
+    sim = Node(
+        package='vrat_ros', executable='sim_node', name='rat_sim', output='screen',
+        condition=IfCondition(LaunchConfiguration('sim')),
+        parameters=[PathJoinSubstitution([config_dir, 'sim.yaml']),
+                    {'clip_file': clip_file, 'mode': LaunchConfiguration('mode'),
+                     'use_sim_time': use_sim_time}])
+
+    return LaunchDescription(arguments + [reference, policy, sim])

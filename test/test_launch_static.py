@@ -1,0 +1,114 @@
+"""Static checks of launch/sim.launch.py that run everywhere, with or without launch_ros.
+
+Every executable a launch file starts must be a console script of the package, every parameter
+file it names must exist and be keyed by the node's name, every parameter it sets must be one
+the node declares, and every LaunchConfiguration must be declared as an argument.
+"""
+
+import ast
+import pathlib
+import re
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / 'launch' / 'sim.launch.py'
+
+
+def _call_name(node: ast.Call) -> str:
+    f = node.func
+    return f.id if isinstance(f, ast.Name) else getattr(f, 'attr', '')
+
+
+def _str_arg(call: ast.Call, index: int = 0, keyword: str | None = None):
+    for kw in call.keywords:
+        if kw.arg == keyword and isinstance(kw.value, ast.Constant):
+            return kw.value.value
+    if len(call.args) > index and isinstance(call.args[index], ast.Constant):
+        return call.args[index].value
+    return None
+
+
+def _launch_calls():
+    tree = ast.parse(LAUNCH.read_text())
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+
+
+def _console_scripts() -> dict:
+    text = (ROOT / 'setup.py').read_text()
+    block = re.search(r'NODE_EXECUTABLES = \{(.*?)\}', text, re.S).group(1)
+    return dict(re.findall(r"'(\w+)': '([\w.]+):main'", block))
+
+
+def _nodes():
+    nodes = []
+    for call in _launch_calls():
+        if _call_name(call) != 'Node':
+            continue
+        info = {kw.arg: kw.value for kw in call.keywords}
+        params = info.get('parameters')
+        files, keys = [], []
+        for item in getattr(params, 'elts', []):
+            if isinstance(item, ast.Call) and _call_name(item) == 'PathJoinSubstitution':
+                parts = item.args[0].elts
+                files.append(parts[-1].value)
+            elif isinstance(item, ast.Dict):
+                keys += [k.value for k in item.keys]
+        nodes.append({'executable': info['executable'].value, 'name': info['name'].value,
+                      'package': info['package'].value, 'files': files, 'keys': keys})
+    return nodes
+
+
+def test_launch_file_starts_the_three_nodes():
+    names = sorted(n['name'] for n in _nodes())
+    assert names == ['policy', 'rat_sim', 'reference']
+    assert {n['package'] for n in _nodes()} == {'vrat_ros'}
+
+
+@pytest.mark.parametrize('node', _nodes(), ids=lambda n: n['name'])
+def test_executable_is_a_console_script_of_the_package(node):
+    scripts = _console_scripts()
+    assert node['executable'] in scripts
+    module = scripts[node['executable']].split('.')[-1]
+    assert (ROOT / 'vrat_ros' / f'{module}.py').is_file()
+
+
+@pytest.mark.parametrize('node', _nodes(), ids=lambda n: n['name'])
+def test_parameter_files_exist_and_match_the_node(node):
+    scripts = _console_scripts()
+    source = (ROOT / 'vrat_ros' / (scripts[node['executable']].split('.')[-1] + '.py')).read_text()
+    assert node['files'], 'each node should load its config/*.yaml'
+    for name in node['files']:
+        path = ROOT / 'config' / name
+        assert path.is_file(), f'{path} is named by the launch file but missing'
+        doc = yaml.safe_load(path.read_text())
+        assert list(doc) == [node['name']], f'{name} should be keyed by node name {node["name"]}'
+        for param in doc[node['name']]['ros__parameters']:
+            assert f"'{param}'" in source, f'{name} sets {param}, which the node never declares'
+    for key in node['keys']:
+        if key == 'use_sim_time':  # declared by rclpy itself
+            continue
+        assert f"'{key}'" in source, f'launch sets {key}, which the node never declares'
+
+
+def test_every_launch_configuration_is_declared():
+    declared, used = set(), set()
+    for call in _launch_calls():
+        if _call_name(call) == 'DeclareLaunchArgument':
+            declared.add(_str_arg(call))
+        elif _call_name(call) == 'LaunchConfiguration':
+            used.add(_str_arg(call))
+    assert used <= declared, f'undeclared launch arguments: {sorted(used - declared)}'
+    assert {'clip_file', 'policy_file', 'mode', 'sim'} <= declared
+
+
+def test_launch_defaults_point_at_shipped_files():
+    from vrat_ros import resources
+    assert pathlib.Path(resources.default_clip_path()).is_file()
+    assert pathlib.Path(resources.default_policy_path()).is_file()
+
+
+def test_launch_and_config_files_are_installed_by_setup():
+    text = (ROOT / 'setup.py').read_text()
+    assert "'launch/*.launch.py'" in text and "'config/*.yaml'" in text

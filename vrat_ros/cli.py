@@ -1,0 +1,145 @@
+"""The `vrat` command: inspect the body, run the closed loop, fit clips, train and export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from vrat_ros.errors import VratError
+
+
+def _write_json_atomic(path: str, obj: dict) -> None:
+    from vrat_ros.clip import atomic_write
+
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write('\n')
+    atomic_write(path, write)
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from vrat_ros.rat_model import RatBody
+    body = RatBody(scale=args.scale, actuators=args.actuators)
+    info = body.describe()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"rat body: nq={info['nq']} nv={info['nv']} nu={info['nu']} "
+              f"mass={info['mass_kg']:.4f} kg scale={info['scale']} "
+              f"actuators={info['actuators_variant']} timestep={info['timestep_s']} s")
+        print('actuators: ' + ', '.join(info['actuator_names']))
+    return 0
+
+
+def _metrics_subset(metrics: dict) -> dict:
+    keys = ('joint_rmse_rad', 'body_pos_error_mm', 'root_pos_error_mm', 'tracked_fraction',
+            'first_failure_frame', 'failure_reason')
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from vrat_ros import resources
+    from vrat_ros.clip import Clip
+    from vrat_ros.rat_model import RatBody
+    from vrat_ros import rat_constants as rc
+    from vrat_ros.tracking import tracking_metrics
+
+    clip_path = args.clip or resources.default_clip_path()
+    policy_path = args.policy or resources.default_policy_path()
+    clip = Clip.load(clip_path)
+    try:
+        from vrat_ros.loop import run_ros_loop
+    except ImportError as exc:
+        print(f'vrat run needs the ROS 2 Python runtime ({exc}); install it with '
+              "pip install 'vrat_ros[ros]' or source a ROS 2 install", file=sys.stderr)
+        return 1
+
+    body = RatBody(scale=clip.body_scale)
+    result = run_ros_loop(clip_path, policy_path, seconds=args.seconds,
+                          start_time_s=args.start, body_scale=clip.body_scale,
+                          progress=not args.no_progress)
+    metrics = tracking_metrics(result.sim_qpos, result.ref_qpos, body)
+    report = {
+        'clip': os.path.abspath(clip_path),
+        'clip_source': clip.meta.get('title', clip.meta.get('source_file', '')),
+        'policy': os.path.abspath(policy_path),
+        'frames': int(result.sim_qpos.shape[0]),
+        'control_rate_hz': rc.CONTROL_RATE_HZ,
+        'sim_seconds': round(float(result.sim_seconds), 6),
+        'wall_seconds': round(float(result.wall_seconds), 3),
+        'realtime_factor': round(float(result.sim_seconds / max(result.wall_seconds, 1e-9)), 3),
+        'tracking': _metrics_subset(metrics),
+        'saturated_commands': int(result.saturation_count),
+        'rejected_commands': int(result.rejected_commands),
+        'tracked_threshold': {
+            'root_dist_m': rc.TRACK_ROOT_DIST_M,
+            'joint_sq_err_rad2': rc.TRACK_JOINT_SQ_ERR_RAD2,
+            'torso_z_range_m': list(rc.TRACK_TORSO_Z_RANGE_M),
+        },
+    }
+    if not args.no_baselines:
+        from vrat_ros.controllers import PDController
+        from vrat_ros.controllers import ZeroController
+        from vrat_ros.rollout import run_inline
+        report['baselines'] = {}
+        for name, controller in (('zero_torque', ZeroController()), ('pd', PDController())):
+            base = run_inline(body, clip, controller, seconds=args.seconds,
+                              start_time_s=args.start)
+            report['baselines'][name] = _metrics_subset(base.metrics)
+    print(json.dumps(report, indent=2))
+    if args.report:
+        _write_json_atomic(args.report, report)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='vrat', description='Virtual rat tools: body, closed loop, clips and policies.')
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    p = sub.add_parser('model', help='Print the body model: sizes, mass, joint and actuator names.')
+    p.add_argument('--json', action='store_true', help='Print the summary as JSON.')
+    p.add_argument('--scale', type=float, default=0.9,
+                   help='Body length scale (default 0.9, as published fits of real rats).')
+    p.add_argument('--actuators', choices=['torque', 'servo'], default='torque',
+                   help='Actuator variant (default torque).')
+    p.set_defaults(func=_cmd_model)
+
+    p = sub.add_parser(
+        'run', help='Run the closed loop through the three ROS 2 nodes in one process '
+                    '(lockstep) and print a tracking report with zero-torque and PD baselines.')
+    p.add_argument('--clip', help='Reference clip (.npz); default: the shipped real rat clip.')
+    p.add_argument('--policy', help='ONNX policy; default: the shipped policy.')
+    p.add_argument('--seconds', type=float, default=None,
+                   help='Simulated seconds to run (default: the whole clip).')
+    p.add_argument('--start', type=float, default=0.0,
+                   help='Clip time (s) to start from (default 0).')
+    p.add_argument('--report', help='Also write the JSON report to this file.')
+    p.add_argument('--no-baselines', action='store_true',
+                   help='Skip the zero-torque and PD baselines.')
+    p.add_argument('--no-progress', action='store_true', help='Hide the progress bar.')
+    p.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `vrat`; returns 0 on success, 1 on failure, 2 on usage errors."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        from rclpy.utilities import remove_ros_args
+        argv = remove_ros_args(['vrat'] + list(argv))[1:]
+    except ImportError:
+        pass
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (VratError, ValueError, OSError) as exc:
+        print(f'vrat {args.command}: {exc}', file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

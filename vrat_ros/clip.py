@@ -36,7 +36,7 @@ def quat_slerp(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
     dot = float(np.dot(q0, q1))
     if dot < 0.0:
         q1, dot = -q1, -dot
-    if dot > 0.9995:  # nearly parallel: linear interpolation is exact enough and stable
+    if dot > 1.0 - 1e-10:  # (nearly) the same rotation: avoid dividing by sin(0)
         return quat_normalize(q0 + s * (q1 - q0))
     theta = np.arccos(dot)
     return (np.sin((1.0 - s) * theta) * q0 + np.sin(s * theta) * q1) / np.sin(theta)

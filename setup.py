@@ -69,8 +69,13 @@ class EditableWheelWithData(editable_wheel):
         return result
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 def _files(pattern):
-    return sorted(p for p in glob(pattern) if os.path.isfile(p))
+    """Files matching `pattern` relative to this file's folder, whatever the working dir is."""
+    paths = glob(os.path.join(_HERE, pattern))
+    return sorted(os.path.relpath(p, _HERE) for p in paths if os.path.isfile(p))
 
 
 setup(
@@ -108,7 +113,8 @@ setup(
         ],
         # Training and export; pinned: an unpinned torch pulls a multi-GB CUDA build.
         'train': ['torch==2.13.0'],
-        'test': ['pytest>=7', 'flake8>=6', 'flake8-quotes>=3.3', 'pydocstyle>=6.3'],
+        # ament_flake8 and ament_pep257 come from a ROS install or from these Kilted wheels.
+        'test': ['pytest>=7', 'ros-ament-flake8', 'ros-ament-pep257'],
     },
     zip_safe=False,
     maintainer='vrat_ros developers',

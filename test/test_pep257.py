@@ -1,0 +1,15 @@
+"""ament_pep257 with the Google docstring layout this package uses (see STYLE notes)."""
+
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.linter
+def test_pep257():
+    main = pytest.importorskip('ament_pep257.main').main
+    rc = main(argv=[str(ROOT / 'vrat_ros'), str(ROOT / 'test'),
+                    '--add-ignore', 'D213', 'D406', 'D407', 'D413'])
+    assert rc == 0, 'Found code style errors / warnings'

@@ -50,6 +50,9 @@ def atomic_write(path: str, write_fn) -> None:
     os.close(fd)
     try:
         write_fn(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -70,7 +73,7 @@ class Clip:
     keypoint_names: list[str] | None = None
 
     def __post_init__(self):
-        self.qpos = np.asarray(self.qpos, dtype=np.float64)
+        self.qpos = np.array(self.qpos, dtype=np.float64)  # a copy: normalised below
         if self.qpos.ndim != 2 or self.qpos.shape[0] < 2:
             raise ClipError(f'clip qpos should be (T >= 2, nq): got shape {self.qpos.shape}')
         if self.qpos.shape[1] != 7 + len(self.joint_names):
@@ -117,7 +120,10 @@ class Clip:
         return np.stack([self.sample(t + k * dt) for k in range(n_frames)])
 
     def velocity(self, t: float, dt: float = 1e-3) -> np.ndarray:
-        """Returns qvel (nq - 1,) at time t by central differences (root angular rate in body frame)."""
+        """Returns qvel (nq - 1,) at time t by central differences.
+
+        The root angular rate is in the root body's frame, as MuJoCo's free-joint qvel[3:6].
+        """
         from vrat_ros.kinematics import qpos_difference  # local: kinematics imports numpy only
         lo, hi = max(t - dt, 0.0), min(t + dt, self.duration_s)
         if hi <= lo:

@@ -1,4 +1,4 @@
-"""The simulated rat: dm_control's rodent body composed with MjSpec, plus a thin stepping wrapper."""
+"""The simulated rat: dm_control's rodent body composed with MjSpec, and a stepping wrapper."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def rodent_xml_path() -> str:
     """Returns the path of dm_control's rodent walker MJCF (it is not copied into this repo)."""
     path = importlib.resources.files('dm_control') / 'locomotion/walkers/assets/rodent.xml'
     if not path.is_file():
-        raise ModelLoadError(f'dm_control rodent asset not found at {path}; is dm-control installed?')
+        raise ModelLoadError(
+            f'dm_control rodent asset not found at {path}; is dm-control installed?')
     return str(path)
 
 
@@ -202,7 +203,11 @@ class RatBody:
         return float(self.model.body_subtreemass[1])
 
     def default_qpos(self) -> np.ndarray:
-        """Returns a standing pose: hinges at 0, root raised so that the feet touch the floor."""
+        """Returns the neutral pose: hinges at 0, root at the origin, identity orientation.
+
+        NOTE: this pose is not a resting one; the feet sit about 1 mm into the floor.
+        Start from a clip frame for a physically consistent state.
+        """
         qpos = np.zeros(self.nq)
         qpos[3] = 1.0
         return qpos

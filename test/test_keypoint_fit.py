@@ -1,0 +1,297 @@
+"""Tests of the keypoint readers, the marker set and the inverse-kinematics fit (real rat data)."""
+
+import pickle
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+
+from vrat_ros import keypoint_fit as kf
+from vrat_ros.clip import Clip
+from vrat_ros.errors import ClipError
+from vrat_ros.rat_model import RatBody
+
+RAT_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'rat'
+MOCAP_MAT = RAT_DATA / 'test_rodent_mocap_1000_frames.mat'
+MOCAP_NWB = RAT_DATA / 'test_rodent_mocap_1000_frames.nwb'
+DANNCE_MAT = RAT_DATA / 'test_mocap_1000_frames_dannce.mat'
+STAC_PICKLE = RAT_DATA / 'demo_viz.p'
+SHIPPED_CLIP = (Path(__file__).resolve().parents[1] / 'vrat_ros' / 'data' / 'clips'
+                / 'rat23_dannce_1000f.npz')
+
+needs_rat_data = pytest.mark.skipif(
+    not MOCAP_MAT.is_file(), reason=f'real rat data not found at {RAT_DATA}')
+
+# Measured on frames 0-19 (see the keypoint-fit report): residual mean 0.49 mm; body positions
+# vs the STAC fit mean 0.61 mm, max 3.4 mm. The limits leave about a factor of two.
+FIT_RESIDUAL_MEAN_MM = 1.0
+STAC_BODY_MEAN_MM = 1.5
+STAC_BODY_MAX_MM = 6.0
+N_FIT_FRAMES = 20
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Loads demo_viz.p without jax and without running arbitrary code."""
+
+    _ALLOWED = {('numpy._core.multiarray', '_reconstruct'), ('numpy', 'ndarray'),
+                ('numpy', 'dtype'), ('_codecs', 'encode')}
+
+    def find_class(self, module, name):
+        if (module, name) == ('jax._src.array', '_reconstruct_array'):
+            return _rebuild_jax_array
+        if module == 'numpy.core.multiarray':  # pickled under numpy 1
+            module = 'numpy._core.multiarray'
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f'refusing to load {module}.{name}')
+
+
+def _rebuild_jax_array(fn, args, state, *_):
+    array = fn(*args)
+    array.__setstate__(state)
+    return array
+
+
+@pytest.fixture(scope='module')
+def stac():
+    with open(STAC_PICKLE, 'rb') as f:
+        return _NumpyOnlyUnpickler(f).load()
+
+
+@pytest.fixture(scope='module')
+def mocap():
+    return kf.read_keypoints_mat(str(MOCAP_MAT))
+
+
+@pytest.fixture(scope='module')
+def first_frames_fit(mocap):
+    xyz, names = mocap
+    fitter = kf.KeypointFitter(kf.load_marker_set(), names)
+    qpos, residual, failed = fitter.fit(xyz[:N_FIT_FRAMES] * 1e-3)
+    return fitter, qpos, residual, failed
+
+
+# -- marker set ---------------------------------------------------------------------------------
+
+def test_default_marker_set_has_the_rat23_keypoints_on_model_bodies():
+    assert Path(kf.default_marker_set_path()).is_file()
+    marker_set = kf.load_marker_set()
+    assert marker_set.name == 'rat23'
+    assert marker_set.keypoint_names == kf.RAT23_KEYPOINTS
+    assert marker_set.offsets.shape == (23, 3)
+    assert set(marker_set.bodies) <= set(RatBody().body_names)
+    np.testing.assert_allclose(marker_set.offsets_at(1.0), marker_set.offsets / 0.9)
+
+
+def test_marker_set_with_bad_entry_is_rejected(tmp_path):
+    path = tmp_path / 'bad.yaml'
+    path.write_text('marker_set: x\nkeypoints:\n  Snout: {body: skull}\n')
+    with pytest.raises(ClipError, match=r"bad\.yaml.*Snout"):
+        kf.load_marker_set(str(path))
+
+
+# -- readers ------------------------------------------------------------------------------------
+
+@needs_rat_data
+def test_mat_reader_gives_frames_keypoints_xyz_in_mm(mocap):
+    xyz, names = mocap
+    assert xyz.shape == (1000, 23, 3) and xyz.dtype == np.float64
+    assert names == list(kf.RAT23_KEYPOINTS)
+    assert 0.0 < np.min(xyz[..., 2]) and np.max(xyz[..., 2]) < 200.0  # mm, floor near 0
+
+
+@needs_rat_data
+def test_nwb_and_mat_readers_give_identical_keypoints(mocap):
+    xyz_mat, names_mat = mocap
+    xyz_nwb, names_nwb, confidence = kf.read_keypoints_nwb(str(MOCAP_NWB),
+                                                           return_confidence=True)
+    assert names_nwb == names_mat
+    np.testing.assert_array_equal(xyz_nwb, xyz_mat)
+    assert confidence.shape == (1000, 23)
+
+
+@needs_rat_data
+def test_truncated_dannce_mat_is_read_by_loading_only_pred(mocap):
+    # The file's `metadata` struct is cut off upstream; a full loadmat() fails on it.
+    xyz, names = kf.read_keypoints_mat(str(DANNCE_MAT))
+    assert xyz.shape == (999, 23, 3)
+    np.testing.assert_array_equal(xyz, mocap[0][:999])
+
+
+def test_mat_v73_hdf5_is_read_with_matlab_axis_order(tmp_path):
+    pred = np.arange(4 * 3 * 23, dtype=np.float64).reshape(4, 3, 23)
+    path = tmp_path / 'v73.mat'
+    with h5py.File(path, 'w', userblock_size=512) as f:  # MATLAB v7.3 layout
+        f['pred'] = pred.T  # MATLAB writes column-major, so HDF5 sees the axes reversed
+    xyz, _ = kf.read_keypoints_mat(str(path))
+    np.testing.assert_array_equal(xyz, pred.transpose(0, 2, 1))
+
+
+@needs_rat_data
+def test_mat_cut_inside_pred_raises_clip_error_naming_the_file(tmp_path):
+    path = tmp_path / 'cut_short.mat'
+    path.write_bytes(MOCAP_MAT.read_bytes()[:20000])
+    with pytest.raises(ClipError, match='cut_short.mat'):
+        kf.read_keypoints_mat(str(path))
+
+
+def test_text_file_named_mat_raises_clip_error_naming_the_file(tmp_path):
+    path = tmp_path / 'notes.mat'
+    path.write_text('these are not keypoints\n')
+    with pytest.raises(ClipError, match='notes.mat'):
+        kf.read_keypoints_mat(str(path))
+    with pytest.raises(ClipError, match='notes.mat'):
+        kf.read_keypoints_nwb(str(path))
+
+
+def test_mat_without_pred_raises_clip_error_listing_what_it_holds(tmp_path):
+    path = tmp_path / 'other.mat'
+    scipy.io.savemat(str(path), {'positions': np.zeros((4, 3, 23))})
+    with pytest.raises(ClipError, match=r"other\.mat.*no variable `pred`.*positions"):
+        kf.read_keypoints_mat(str(path))
+
+
+def test_mat_with_wrongly_shaped_pred_raises_clip_error(tmp_path):
+    path = tmp_path / 'wrong.mat'
+    scipy.io.savemat(str(path), {'pred': np.zeros((4, 5, 23))})
+    with pytest.raises(ClipError, match=r"wrong\.mat.*\(frames, 3, keypoints\)"):
+        kf.read_keypoints_mat(str(path))
+    scipy.io.savemat(str(path), {'pred': np.zeros((4, 3, 20))})
+    with pytest.raises(ClipError, match=r'20 keypoints but 23 names'):
+        kf.read_keypoints_mat(str(path))
+
+
+def test_missing_file_and_unknown_extension_raise_clip_error(tmp_path):
+    with pytest.raises(ClipError, match='absent.nwb'):
+        kf.read_keypoints_nwb(str(tmp_path / 'absent.nwb'))
+    with pytest.raises(ClipError, match=r"points\.csv.*\.mat.*\.nwb"):
+        kf.read_keypoints(str(tmp_path / 'points.csv'))
+
+
+# -- units --------------------------------------------------------------------------------------
+
+@needs_rat_data
+def test_units_are_guessed_from_keypoint_spacing_and_can_be_overridden(mocap):
+    xyz = mocap[0]
+    assert kf.guess_units(xyz) == 'mm'
+    assert kf.guess_units(xyz * 1e-3) == 'm'
+    assert kf.resolve_units(xyz, 'auto') == ('mm', True)
+    assert kf.resolve_units(xyz, 'cm') == ('cm', False)
+    with pytest.raises(ValueError, match='inch'):
+        kf.resolve_units(xyz, 'inch')
+
+
+# -- fit ----------------------------------------------------------------------------------------
+
+@needs_rat_data
+def test_fit_puts_markers_on_the_keypoints(first_frames_fit):
+    _, _, residual, failed = first_frames_fit
+    assert not failed.any()
+    assert np.all(np.isfinite(residual))
+    assert np.mean(residual) < FIT_RESIDUAL_MEAN_MM
+
+
+@needs_rat_data
+def test_fit_keeps_joints_inside_their_limits_and_the_tail_straight(first_frames_fit):
+    fitter, qpos, _, _ = first_frames_fit
+    model = fitter.model
+    hinges = qpos[:, 7:]
+    limited = model.jnt_limited[1:].astype(bool)
+    lo, hi = model.jnt_range[1:, 0], model.jnt_range[1:, 1]
+    assert np.all((hinges >= lo - 1e-9) | ~limited)
+    assert np.all((hinges <= hi + 1e-9) | ~limited)
+    tail = [i for i, n in enumerate(fitter.body.hinge_names) if n.startswith('vertebra_C')]
+    assert np.all(hinges[:, tail] == 0.0)
+    np.testing.assert_allclose(np.linalg.norm(qpos[:, 3:7], axis=1), 1.0, atol=1e-9)
+
+
+@needs_rat_data
+def test_fit_body_positions_match_the_published_stac_fit(first_frames_fit, stac):
+    fitter, qpos, _, _ = first_frames_fit
+    tracked = fitter.body.tracked_body_ids
+    dist_mm = np.stack([
+        np.linalg.norm(fitter.body.body_positions(q)[tracked] - stac['xpos'][t][tracked], axis=1)
+        for t, q in enumerate(qpos)]) * 1e3
+    assert dist_mm.mean() < STAC_BODY_MEAN_MM
+    assert dist_mm.max() < STAC_BODY_MAX_MM
+
+
+@needs_rat_data
+def test_missing_keypoints_are_masked_not_zero_filled(mocap, first_frames_fit):
+    xyz, names = mocap
+    fitter, qpos_full, _, _ = first_frames_fit
+    xyz_m = xyz[:6] * 1e-3
+    hidden = [names.index(n) for n in ('HandL', 'KneeR', 'EarL')]
+    xyz_m[3, hidden] = np.nan
+    qpos, residual, failed = fitter.fit(xyz_m)
+
+    assert not failed.any()
+    assert np.all(np.isnan(residual[3, hidden]))
+    assert np.nanmean(residual[3]) < FIT_RESIDUAL_MEAN_MM
+    # The hidden markers stay near where the keypoints really were (a zero-filled keypoint would
+    # drag them ~0.35 m towards the origin).
+    markers = fitter.marker_positions(qpos[3])
+    truth = xyz[3] * 1e-3
+    assert np.max(np.linalg.norm(markers[hidden] - truth[hidden], axis=1)) < 0.01
+    np.testing.assert_allclose(qpos[3, :3], qpos_full[3, :3], atol=2e-3)
+
+
+@needs_rat_data
+def test_frame_with_too_few_keypoints_holds_the_previous_pose(mocap):
+    xyz, names = mocap
+    xyz_m = xyz[:4] * 1e-3
+    xyz_m[2, 3:] = np.nan  # only 3 keypoints left
+    qpos, residual, failed = kf.fit_keypoints(xyz_m, names)
+    assert failed.tolist() == [False, False, True, False]
+    np.testing.assert_array_equal(qpos[2], qpos[1])
+    assert np.all(np.isnan(residual[2]))
+
+
+@needs_rat_data
+def test_a_turn_the_warm_start_cannot_follow_is_refitted_from_scratch(mocap):
+    xyz, names = mocap
+    xyz_m = xyz[:5] * 1e-3
+    centre = xyz_m[3:].mean(axis=(0, 1))
+    half_turn = np.diag([-1.0, -1.0, 1.0])
+    xyz_m[3:] = (xyz_m[3:] - centre) @ half_turn.T + centre  # the rat turns 180 deg at once
+    options = kf.FitOptions(iterations=1, fail_residual_mm=2.0)
+    _, residual, failed = kf.fit_keypoints(xyz_m, names, options=options)
+    assert not failed.any()
+    assert np.all(np.mean(residual, axis=1) < FIT_RESIDUAL_MEAN_MM)
+
+
+@needs_rat_data
+def test_fit_keypoint_file_records_provenance(tmp_path, mocap):
+    path = tmp_path / 'short.mat'
+    scipy.io.savemat(str(path), {'pred': mocap[0][:8].transpose(0, 2, 1)})
+    clip, report = kf.fit_keypoint_file(str(path), meta={'licence': 'BSD-3-Clause'})
+
+    assert report['frames'] == 8 and report['fps'] == 50.0
+    assert report['units_assumed'] == 'mm' and report['failed_frames'] == []
+    assert report['residual_mm_mean'] < FIT_RESIDUAL_MEAN_MM
+    assert report['duration_s'] == pytest.approx(7 / 50.0)
+    meta = clip.meta
+    assert meta['source_file'] == 'short.mat' and meta['source_format'] == 'mat'
+    assert meta['fps_assumed'] is True and meta['units_guessed'] is True
+    assert meta['marker_set'] == 'rat23' and meta['body_scale'] == 0.9
+    assert meta['licence'] == 'BSD-3-Clause' and 'fit_options' in meta
+    np.testing.assert_allclose(clip.keypoints, mocap[0][:8] * 1e-3)
+
+    clip.save(str(tmp_path / 'short.npz'))
+    assert Clip.load(str(tmp_path / 'short.npz')).n_frames == 8
+
+
+# -- shipped clip -------------------------------------------------------------------------------
+
+def test_shipped_clip_loads_with_its_licence_and_rate():
+    clip = Clip.load(str(SHIPPED_CLIP))
+    assert clip.n_frames == 1000 and clip.fps == 50.0
+    assert clip.joint_names == RatBody().hinge_names
+    assert clip.meta['licence'] == 'BSD-3-Clause'
+    assert 'Talmo Lab' in clip.meta['copyright']
+    assert clip.meta['origin_repository'] == 'talmolab/stac-mjx'
+    assert clip.meta['fps_assumed'] is True
+    assert clip.keypoints.shape == (1000, 23, 3)
+    assert SHIPPED_CLIP.stat().st_size < 1.5e6

@@ -1,0 +1,942 @@
+"""Fits the rat body to 3-D keypoints (DANNCE .mat, ndx-pose .nwb) and builds reference clips.
+
+The fit is inverse kinematics frame by frame: each keypoint is a marker on one body of the
+model (a body name and an offset in that body's frame, from a marker-set YAML file), and a
+damped Gauss-Newton (Levenberg-Marquardt) solver moves the free root and the non-tail hinges
+so that the markers land on the keypoints. Each frame starts from the previous frame's pose
+and is pulled gently towards it, so the result is smooth; joint limits are enforced; a soft
+penalty keeps the body's collision geoms above the floor (z = 0). The tail is not observed
+by any rat23 keypoint and stays straight (all tail hinges 0), as in published STAC fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import mujoco
+import numpy as np
+import numpy.typing as npt
+import scipy.io
+import yaml
+
+from vrat_ros import rat_constants as rc
+from vrat_ros.clip import Clip
+from vrat_ros.errors import ClipError
+from vrat_ros.rat_model import RatBody
+
+_LOG = logging.getLogger(__name__)
+
+# The DANNCE rat23 skeleton in its canonical order (the order of `pred`'s last axis).
+RAT23_KEYPOINTS = (
+    'Snout', 'EarL', 'EarR', 'SpineF', 'SpineM', 'SpineL', 'TailBase',
+    'ShoulderL', 'ElbowL', 'WristL', 'HandL', 'ShoulderR', 'ElbowR', 'WristR', 'HandR',
+    'HipL', 'KneeL', 'AnkleL', 'FootL', 'HipR', 'KneeR', 'AnkleR', 'FootR',
+)
+
+# Metres per unit of each supported length unit.
+UNITS_TO_M = {'m': 1.0, 'cm': 0.01, 'mm': 0.001}
+
+# Frame rate assumed when a file stores none (the downstream rat tools use 50 Hz).
+DEFAULT_FPS = 50.0
+
+_HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
+# What SciPy's MAT reader raises on damaged or foreign files (it has no single error type).
+_MAT_READ_ERRORS = (scipy.io.matlab.MatReadError, ValueError, OSError, TypeError,
+                    NotImplementedError, EOFError, IndexError, KeyError, AttributeError)
+_FORMATS = ('auto', 'mat', 'nwb')
+# The median spacing between keypoints of a rat is a few centimetres: above this many file
+# units it cannot be metres, below it it cannot be millimetres.
+_UNIT_GUESS_THRESHOLD = 1.0
+
+# Geom types whose lowest point the floor penalty can compute (plain ints: numpy arrays do
+# not compare equal to MuJoCo's enum objects).
+_GEOM_SPHERE = int(mujoco.mjtGeom.mjGEOM_SPHERE)
+_GEOM_CAPSULE = int(mujoco.mjtGeom.mjGEOM_CAPSULE)
+_GEOM_ELLIPSOID = int(mujoco.mjtGeom.mjGEOM_ELLIPSOID)
+_GEOM_BOX = int(mujoco.mjtGeom.mjGEOM_BOX)
+_FLOOR_GEOM_TYPES = (_GEOM_SPHERE, _GEOM_CAPSULE, _GEOM_ELLIPSOID, _GEOM_BOX)
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers
+
+
+def _check_readable(path: str) -> None:
+    if not os.path.isfile(path):
+        raise ClipError(f"keypoint file '{path}' does not exist")
+
+
+def _is_hdf5(path: str) -> bool:
+    with open(path, 'rb') as f:
+        head = f.read(520)
+    # HDF5 puts its signature at offset 0, or at 512 when the file has a user block (MAT v7.3).
+    return head[:8] == _HDF5_SIGNATURE or head[512:520] == _HDF5_SIGNATURE
+
+
+def _pred_to_tk3(pred: np.ndarray, path: str, expected_k: int | None) -> np.ndarray:
+    """Returns DANNCE `pred` (T, 3, K) as (T, K, 3) float64, or raises ClipError."""
+    if pred.ndim != 3 or not np.issubdtype(pred.dtype, np.number):
+        raise ClipError(
+            f"'{path}': `pred` should be a numeric (frames, 3, keypoints) array: got "
+            f'shape {pred.shape}, dtype {pred.dtype}')
+    if pred.shape[1] == 3:
+        xyz = pred.transpose(0, 2, 1)
+    elif pred.shape[2] == 3:  # some exports store (frames, keypoints, 3)
+        xyz = pred
+    else:
+        raise ClipError(
+            f"'{path}': `pred` should have shape (frames, 3, keypoints): got {pred.shape}")
+    if expected_k is not None and xyz.shape[1] != expected_k:
+        raise ClipError(
+            f"'{path}': `pred` has {xyz.shape[1]} keypoints but {expected_k} names were given "
+            '(the file stores no names; the default is the 23 rat23 keypoints)')
+    if xyz.shape[0] < 1:
+        raise ClipError(f"'{path}': `pred` has no frames")
+    return np.ascontiguousarray(xyz, dtype=np.float64)
+
+
+def read_keypoints_mat(
+    path: str, names: Sequence[str] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Reads 3-D keypoints from a DANNCE-style MATLAB file (variable `pred`).
+
+    Only `pred` is read, so files whose other variables are damaged or truncated (as in some
+    raw DANNCE outputs) still load. MATLAB v5 files are read with SciPy and v7.3 (HDF5)
+    files with h5py.
+
+    Args:
+        path: the .mat file.
+        names: keypoint names in `pred`'s keypoint order; the file stores none, so the
+            default is the canonical rat23 order (`RAT23_KEYPOINTS`).
+
+    Returns:
+        xyz: (T, K, 3) float64 keypoint positions in the file's units (DANNCE: mm); NaN
+            marks a missing keypoint.
+        names: (K,) keypoint names.
+
+    Raises:
+        ClipError: the file is missing, is not a MAT file, has no `pred`, or `pred` does not
+            have shape (T, 3, K) with K matching `names`.
+    """
+    _check_readable(path)
+    names = list(RAT23_KEYPOINTS if names is None else names)
+    if _is_hdf5(path):
+        import h5py
+        try:
+            with h5py.File(path, 'r') as f:
+                if 'pred' not in f:
+                    hint = (' (this looks like NWB: use the NWB reader)'
+                            if 'processing' in f else '')
+                    raise ClipError(
+                        f"'{path}' (MAT v7.3 / HDF5) has no variable `pred`: found "
+                        f'{sorted(f.keys())}{hint}')
+                # MATLAB stores arrays column-major, so h5py sees the axes reversed.
+                pred = np.asarray(f['pred'][()]).T
+        except OSError as exc:
+            raise ClipError(f"'{path}' is not a readable MAT v7.3 file: {exc}") from exc
+    else:
+        try:
+            contents = scipy.io.loadmat(path, variable_names=['pred'])
+        except _MAT_READ_ERRORS as exc:
+            raise ClipError(
+                f"'{path}' is not a readable MATLAB .mat file with a `pred` variable: "
+                f'{type(exc).__name__}: {exc}') from exc
+        if 'pred' not in contents:
+            try:
+                found = [v[0] for v in scipy.io.whosmat(path)]
+            except _MAT_READ_ERRORS:
+                found = []
+            raise ClipError(
+                f"'{path}' has no variable `pred` (DANNCE keypoints, frames x 3 x keypoints): "
+                f'found {found}')
+        pred = np.asarray(contents['pred'])
+    return _pred_to_tk3(pred, path, len(names)), names
+
+
+def _find_pose_estimation(f) -> tuple[str, object]:
+    """Returns (name, group) of the first ndx-pose PoseEstimation group in an NWB file."""
+    found: list[tuple[str, object]] = []
+
+    def visit(name, obj):
+        if obj.attrs.get('neurodata_type') in ('PoseEstimation', b'PoseEstimation'):
+            found.append((name, obj))
+    f.visititems(visit)
+    if not found:
+        raise KeyError('no ndx-pose PoseEstimation group')
+    return found[0]
+
+
+def _decode(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_keypoints_nwb(
+    path: str, return_confidence: bool = False,
+) -> tuple[np.ndarray, list[str]] | tuple[np.ndarray, list[str], np.ndarray]:
+    """Reads 3-D keypoints from an NWB file with an ndx-pose PoseEstimation (plain h5py).
+
+    Keypoint order follows the PoseEstimation `nodes` when present (ndx-pose 0.1), else the
+    order of the PoseEstimationSeries groups. NOTE: the series' `unit` attribute is ignored;
+    files converted from DANNCE say 'pixels' for what are 3-D millimetres.
+
+    Args:
+        path: the .nwb file.
+        return_confidence: also return the per-keypoint confidence (NaN where absent).
+
+    Returns:
+        xyz: (T, K, 3) float64 keypoint positions in the file's units; NaN marks a missing
+            keypoint.
+        names: (K,) keypoint names.
+        confidence: (T, K) float64, only if `return_confidence`.
+
+    Raises:
+        ClipError: the file is missing, not HDF5, has no PoseEstimation, or its series are not
+            (T, 3) arrays of one common length.
+    """
+    import h5py
+
+    _check_readable(path)
+    try:
+        f = h5py.File(path, 'r')
+    except OSError as exc:
+        raise ClipError(f"'{path}' is not a readable NWB (HDF5) file: {exc}") from exc
+    with f:
+        try:
+            pe_name, pe = _find_pose_estimation(f)
+        except KeyError as exc:
+            raise ClipError(
+                f"'{path}' holds no ndx-pose PoseEstimation group (expected e.g. "
+                'processing/behavior/PoseEstimation)') from exc
+        series = [k for k in pe.keys()
+                  if _decode(pe[k].attrs.get('neurodata_type', '')) == 'PoseEstimationSeries']
+        if 'nodes' in pe:
+            names = [_decode(n) for n in pe['nodes'][()]]
+            missing = [n for n in names if n not in pe]
+            if missing:
+                raise ClipError(
+                    f"'{path}': {pe_name} lists nodes without a series group: {missing}")
+        else:
+            names = series
+        if not names:
+            raise ClipError(f"'{path}': {pe_name} has no keypoint series")
+        columns, confidence = [], []
+        for n in names:
+            data = np.asarray(pe[n]['data'][()], dtype=np.float64)
+            if data.ndim != 2 or data.shape[1] != 3:
+                raise ClipError(
+                    f"'{path}': series '{n}' should hold (frames, 3) positions: got "
+                    f'{data.shape}')
+            columns.append(data)
+            if 'confidence' in pe[n]:
+                confidence.append(np.asarray(pe[n]['confidence'][()], dtype=np.float64))
+            else:
+                confidence.append(np.full(len(data), np.nan))
+    lengths = {len(c) for c in columns}
+    if len(lengths) != 1:
+        raise ClipError(f"'{path}': keypoint series differ in length: {sorted(lengths)}")
+    xyz = np.stack(columns, axis=1)
+    if return_confidence:
+        return xyz, names, np.stack(confidence, axis=1)
+    return xyz, names
+
+
+def detect_format(path: str) -> str:
+    """Returns 'mat' or 'nwb' for a keypoint file, judged by its extension.
+
+    Raises:
+        ClipError: the extension is neither .mat nor .nwb.
+    """
+    ext = os.path.splitext(path)[1].lower()
+    if ext == '.mat':
+        return 'mat'
+    if ext == '.nwb':
+        return 'nwb'
+    raise ClipError(
+        f"cannot tell the format of '{path}' from its extension '{ext}': expected .mat "
+        "(DANNCE `pred`) or .nwb (ndx-pose); pass fmt='mat' or fmt='nwb'")
+
+
+def read_keypoints(path: str, fmt: str = 'auto') -> tuple[np.ndarray, list[str], str]:
+    """Reads keypoints with the reader for `fmt` ('auto', 'mat' or 'nwb').
+
+    Returns:
+        xyz: (T, K, 3) float64 in file units; names: (K,) keypoint names; the format used.
+    """
+    if fmt not in _FORMATS:
+        raise ValueError(f"fmt should be one of {_FORMATS}: got '{fmt}'")
+    if fmt == 'auto':
+        fmt = detect_format(path)
+    if fmt == 'mat':
+        xyz, names = read_keypoints_mat(path)
+    else:
+        xyz, names = read_keypoints_nwb(path)
+    return xyz, names, fmt
+
+
+# ---------------------------------------------------------------------------------------------
+# Units
+
+
+def median_keypoint_spacing(xyz: npt.ArrayLike, max_frames: int = 200) -> float:
+    """Returns the median distance between distinct keypoints of a frame (file units).
+
+    Args:
+        xyz: (T, K, 3) keypoints; NaN entries are ignored.
+        max_frames: at most this many evenly spaced frames are used.
+
+    Raises:
+        ValueError: fewer than two keypoints are present in every frame looked at.
+    """
+    xyz = np.asarray(xyz, dtype=np.float64)
+    if xyz.ndim != 3 or xyz.shape[2] != 3:
+        raise ValueError(f'keypoints should have shape (T, K, 3): got {xyz.shape}')
+    frames = xyz[np.linspace(0, len(xyz) - 1, min(len(xyz), max_frames)).astype(int)]
+    upper = np.triu_indices(xyz.shape[1], k=1)
+    dist = np.linalg.norm(frames[:, :, None] - frames[:, None], axis=-1)[:, upper[0], upper[1]]
+    dist = dist[np.isfinite(dist) & (dist > 0)]
+    if dist.size == 0:
+        raise ValueError('no two distinct keypoints are present in the same frame')
+    return float(np.median(dist))
+
+
+def guess_units(xyz: npt.ArrayLike) -> str:
+    """Guesses whether rat keypoints are in metres or millimetres from their spacing.
+
+    A rat's keypoints lie some 10-100 mm apart, so a median spacing above 1 file unit means
+    millimetres and one below means metres. Centimetres are never guessed; say so explicitly.
+
+    Args:
+        xyz: (T, K, 3) keypoints in unknown units.
+
+    Returns:
+        'mm' or 'm'.
+    """
+    return 'mm' if median_keypoint_spacing(xyz) > _UNIT_GUESS_THRESHOLD else 'm'
+
+
+def resolve_units(xyz: npt.ArrayLike, units: str = 'auto') -> tuple[str, bool]:
+    """Returns (units, guessed): `units` itself, or the guess when it is 'auto'.
+
+    Raises:
+        ValueError: `units` is not 'auto' or one of `UNITS_TO_M`.
+    """
+    if units == 'auto':
+        return guess_units(xyz), True
+    if units not in UNITS_TO_M:
+        raise ValueError(f"units should be 'auto' or one of {sorted(UNITS_TO_M)}: got '{units}'")
+    return units, False
+
+
+# ---------------------------------------------------------------------------------------------
+# Marker sets
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkerSet:
+    """Where each keypoint sits on the body.
+
+    Attributes:
+        name: the marker set's name, e.g. 'rat23'.
+        body_scale: the body scale the offsets were measured at.
+        keypoint_names: (K,) keypoint names.
+        bodies: (K,) the body each keypoint is attached to.
+        offsets: (K, 3) offsets (m) in each body's local frame, at `body_scale`.
+        weights: (K,) relative weights of the keypoints in the fit.
+        heading_keypoints: two keypoints (back, front) that give the first frame's heading.
+        source: the file it was read from.
+    """
+
+    name: str
+    body_scale: float
+    keypoint_names: tuple[str, ...]
+    bodies: tuple[str, ...]
+    offsets: np.ndarray
+    weights: np.ndarray
+    heading_keypoints: tuple[str, str] | None = None
+    source: str = ''
+
+    def offsets_at(self, scale: float) -> np.ndarray:
+        """Returns (K, 3) offsets (m) for a body of scale `scale` (they scale linearly)."""
+        return self.offsets * (scale / self.body_scale)
+
+
+def default_marker_set_path() -> str:
+    """Returns the path of the rat23 marker set shipped inside the package."""
+    return str(importlib.resources.files('vrat_ros') / 'data' / 'marker_sets' / 'rat23.yaml')
+
+
+def load_marker_set(path: str | os.PathLike | None = None) -> MarkerSet:
+    """Reads a marker-set YAML file (default: the shipped rat23 set).
+
+    Layout: `marker_set` (name), `body_scale`, `units` ('m' or 'mm', for the offsets),
+    optional `heading_keypoints: [back, front]`, and `keypoints`, a mapping from keypoint
+    name to `{body: <body name>, offset: [x, y, z], weight: <optional, default 1>}`.
+
+    Raises:
+        ClipError: the file is missing, is not YAML, or an entry is malformed.
+    """
+    path = default_marker_set_path() if path is None else str(path)
+    if not os.path.isfile(path):
+        raise ClipError(f"marker set file '{path}' does not exist")
+    try:
+        with open(path, encoding='utf-8') as f:
+            doc = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ClipError(f"marker set '{path}' is not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get('keypoints'), dict):
+        raise ClipError(f"marker set '{path}' should be a mapping with a `keypoints` mapping")
+    units = doc.get('units', 'm')
+    if units not in UNITS_TO_M:
+        raise ClipError(f"marker set '{path}': units should be one of {sorted(UNITS_TO_M)}: "
+                        f"got '{units}'")
+    scale = doc.get('body_scale', rc.DEFAULT_BODY_SCALE)
+    if not isinstance(scale, (int, float)) or not scale > 0:
+        raise ClipError(f"marker set '{path}': body_scale should be positive: got {scale!r}")
+    names, bodies, offsets, weights = [], [], [], []
+    for name, entry in doc['keypoints'].items():
+        try:
+            offset = np.asarray(entry['offset'], dtype=np.float64).reshape(3)
+            body = str(entry['body'])
+            weight = float(entry.get('weight', 1.0))
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
+            raise ClipError(
+                f"marker set '{path}': keypoint '{name}' should be {{body: <name>, offset: "
+                f'[x, y, z]}}: got {entry!r}') from exc
+        if not np.all(np.isfinite(offset)) or not weight >= 0:
+            raise ClipError(f"marker set '{path}': keypoint '{name}' has a non-finite offset "
+                            'or a negative weight')
+        names.append(str(name))
+        bodies.append(body)
+        offsets.append(offset * UNITS_TO_M[units])
+        weights.append(weight)
+    heading = doc.get('heading_keypoints')
+    if heading is not None:
+        if len(heading) != 2 or any(h not in names for h in heading):
+            raise ClipError(f"marker set '{path}': heading_keypoints should name two of its "
+                            f'keypoints: got {heading!r}')
+        heading = (str(heading[0]), str(heading[1]))
+    return MarkerSet(
+        name=str(doc.get('marker_set', os.path.splitext(os.path.basename(path))[0])),
+        body_scale=float(scale), keypoint_names=tuple(names), bodies=tuple(bodies),
+        offsets=np.array(offsets), weights=np.array(weights), heading_keypoints=heading,
+        source=path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inverse kinematics
+
+
+@dataclasses.dataclass
+class FitOptions:
+    """Settings of the per-frame solver. Residuals are measured in mm.
+
+    Attributes:
+        iterations: Gauss-Newton iterations per frame (fewer when converged).
+        first_frame_iterations: iterations for the first frame, which starts from a rough
+            guess (root placed on the spine keypoints, hinges at 0).
+        tolerance: stop when an accepted step lowers the cost by less than this fraction.
+        smooth_weight: pull towards the previous frame, mm^2 per rad^2 of hinge or root
+            rotation change.
+        root_translation_weight: the same for the root position, mm^2 per mm^2 of change.
+        posture_weight: pull of every hinge towards 0 (a neutral pose), mm^2 per rad^2; it
+            settles joints that no keypoint constrains (toes, fingers, jaw).
+        floor_weight: weight of the squared depth (mm^2) of collision geoms below z = 0.
+        damping: initial Levenberg-Marquardt damping (mm^2 per unit step^2).
+        fail_residual_mm: a frame whose mean keypoint residual exceeds this is flagged failed.
+        min_keypoints: a frame with fewer usable keypoints holds the previous pose and is
+            flagged failed.
+    """
+
+    iterations: int = 12
+    first_frame_iterations: int = 200
+    tolerance: float = 1e-4
+    smooth_weight: float = 100.0
+    root_translation_weight: float = 1.0
+    posture_weight: float = 0.5
+    floor_weight: float = 10.0
+    damping: float = 1.0
+    fail_residual_mm: float = 20.0
+    min_keypoints: int = 6
+
+    def to_dict(self) -> dict:
+        """Returns the settings as a JSON-friendly dict (for a clip's provenance)."""
+        return dataclasses.asdict(self)
+
+
+def _support_points_down(
+    types: np.ndarray, size: np.ndarray, xpos: np.ndarray, xmat: np.ndarray,
+) -> np.ndarray:
+    """Returns (G, 3) the lowest world point of each geom (sphere, capsule, ellipsoid, box)."""
+    rot = xmat.reshape(-1, 3, 3)
+    down_local = -rot[:, 2, :]  # world -z expressed in each geom's frame
+    local = np.zeros_like(xpos)
+    sphere = types == _GEOM_SPHERE
+    capsule = types == _GEOM_CAPSULE
+    ellipsoid = types == _GEOM_ELLIPSOID
+    box = types == _GEOM_BOX
+    round_ = sphere | capsule
+    local[round_] = size[round_, :1] * down_local[round_]
+    local[capsule, 2] += np.where(down_local[capsule, 2] >= 0, 1.0, -1.0) * size[capsule, 1]
+    if np.any(ellipsoid):
+        s, u = size[ellipsoid], down_local[ellipsoid]
+        norm = np.linalg.norm(s * u, axis=1, keepdims=True)
+        local[ellipsoid] = s * s * u / np.maximum(norm, 1e-12)
+    local[box] = size[box] * np.where(down_local[box] >= 0, 1.0, -1.0)
+    return xpos + np.einsum('gij,gj->gi', rot, local)
+
+
+class KeypointFitter:
+    """Per-frame inverse kinematics of the rat body onto keypoints of one marker set."""
+
+    def __init__(self, marker_set: MarkerSet, keypoint_names: Sequence[str],
+                 scale: float = rc.DEFAULT_BODY_SCALE, options: FitOptions | None = None):
+        """Builds the body and the marker model.
+
+        Args:
+            marker_set: where each keypoint sits on the body.
+            keypoint_names: (K,) names of the keypoints that will be passed to `fit`; names
+                the marker set lacks are ignored (their residual is NaN).
+            scale: body scale; the marker offsets are rescaled to it.
+            options: solver settings.
+
+        Raises:
+            ClipError: no keypoint name is in the marker set, or the marker set names a body
+                the model lacks.
+        """
+        self.options = FitOptions() if options is None else options
+        self.body = RatBody(scale=scale)
+        self.scale = float(scale)
+        self.marker_set = marker_set
+        self.keypoint_names = [str(n) for n in keypoint_names]
+        m = self.model = self.body.model
+        self.data = mujoco.MjData(m)
+
+        # Keypoints used in the fit: columns of the input that the marker set knows.
+        index = {n: i for i, n in enumerate(marker_set.keypoint_names)}
+        self.used = np.array([i for i, n in enumerate(self.keypoint_names) if n in index],
+                             dtype=int)
+        if self.used.size == 0:
+            raise ClipError(
+                f"none of the keypoints {self.keypoint_names[:8]} is in marker set "
+                f"'{marker_set.name}' ({list(marker_set.keypoint_names)[:8]}, ...)")
+        ignored = [n for n in self.keypoint_names if n not in index]
+        if ignored:
+            _LOG.warning('keypoints not in marker set %s are ignored: %s', marker_set.name,
+                         ignored)
+        rows = [index[self.keypoint_names[i]] for i in self.used]
+        missing = sorted({marker_set.bodies[r] for r in rows} - set(self.body.body_names))
+        if missing:
+            raise ClipError(f"marker set '{marker_set.name}' names bodies the rat lacks: "
+                            f'{missing}')
+        self.marker_body = np.array([self.body.body_names.index(marker_set.bodies[r])
+                                     for r in rows])
+        self.marker_offset = marker_set.offsets_at(self.scale)[rows]
+        self.marker_sqrt_w = np.sqrt(marker_set.weights[rows])
+
+        # Free variables in velocity space: the root's 6 and every non-tail hinge.
+        hinges = [j for j in range(1, m.njnt) if not self.body.hinge_names[j - 1].startswith(
+            rc.TAIL_JOINT_PREFIX)]
+        self.dofs = np.concatenate([np.arange(6), m.jnt_dofadr[hinges]]).astype(int)
+        self.hinge_qadr = m.jnt_qposadr[hinges].astype(int)
+        limited = m.jnt_limited[hinges].astype(bool)
+        self.hinge_lo = np.where(limited, m.jnt_range[hinges, 0], -np.inf)
+        self.hinge_hi = np.where(limited, m.jnt_range[hinges, 1], np.inf)
+
+        # Scaled variables: root translation in mm, rotations in rad.
+        self.var_scale = np.ones(self.dofs.size)
+        self.var_scale[:3] = 1e-3  # metres per variable unit
+        opt = self.options
+        self.smooth_w = np.full(self.dofs.size, opt.smooth_weight)
+        self.smooth_w[:3] = opt.root_translation_weight
+        self.posture_w = np.concatenate([np.zeros(6), np.full(len(hinges), opt.posture_weight)])
+
+        # Collision geoms kept above the floor: every colliding non-tail geom of the rat.
+        names = self.body.body_names
+        self.floor_geoms = np.array([
+            g for g in range(m.ngeom)
+            if m.geom_bodyid[g] > 1 and (m.geom_contype[g] or m.geom_conaffinity[g])
+            and not names[m.geom_bodyid[g]].startswith(rc.TAIL_BODY_PREFIX)
+            and int(m.geom_type[g]) in _FLOOR_GEOM_TYPES
+        ], dtype=int)
+        self._jacp = np.zeros((3, m.nv))
+        self._diff = np.zeros(m.nv)
+        self._step = np.zeros(m.nv)
+
+    # -- kinematics -------------------------------------------------------------------------
+
+    def _forward(self, qpos: np.ndarray) -> None:
+        self.data.qpos[:] = qpos
+        mujoco.mj_kinematics(self.model, self.data)
+
+    def marker_positions(self, qpos: npt.ArrayLike | None = None) -> np.ndarray:
+        """Returns (K_used, 3) world marker positions (m) for `qpos` (or the current state)."""
+        if qpos is not None:
+            self._forward(np.asarray(qpos, dtype=np.float64))
+        d = self.data
+        rot = d.xmat[self.marker_body].reshape(-1, 3, 3)
+        return d.xpos[self.marker_body] + np.einsum('kij,kj->ki', rot, self.marker_offset)
+
+    def _floor_points(self) -> np.ndarray:
+        m, d, g = self.model, self.data, self.floor_geoms
+        return _support_points_down(m.geom_type[g], m.geom_size[g], d.geom_xpos[g],
+                                    d.geom_xmat[g])
+
+    def _velocity_diff(self, qpos_from: np.ndarray, qpos_to: np.ndarray) -> np.ndarray:
+        """Returns qpos_to - qpos_from in scaled free variables (mm, rad)."""
+        mujoco.mj_differentiatePos(self.model, self._diff, 1.0, qpos_from, qpos_to)
+        return self._diff[self.dofs] / self.var_scale
+
+    def _cost(self, qpos: np.ndarray, target: np.ndarray, valid: np.ndarray,
+              qpos_prev: np.ndarray | None) -> float:
+        """Returns the objective (mm^2) at `qpos`."""
+        self._forward(qpos)
+        res = (self.marker_positions() - target) * 1e3
+        cost = float(np.sum((res[valid] * self.marker_sqrt_w[valid, None]) ** 2))
+        depth = np.minimum(self._floor_points()[:, 2], 0.0) * 1e3
+        cost += self.options.floor_weight * float(depth @ depth)
+        if qpos_prev is not None:
+            diff = self._velocity_diff(qpos_prev, qpos)
+            cost += float(np.sum(self.smooth_w * diff * diff))
+        hinge = qpos[self.hinge_qadr]
+        cost += float(np.sum(self.posture_w[6:] * hinge * hinge))
+        return cost
+
+    def _linearise(self, qpos: np.ndarray, target: np.ndarray,
+                   valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Returns the stacked residual (M,) in mm and its Jacobian (M, n_free)."""
+        m, d = self.model, self.data
+        self._forward(qpos)
+        mujoco.mj_comPos(m, d)  # mj_jac needs cdof and subtree_com
+        cols = self.dofs
+        col_scale = self.var_scale * 1e3  # mm of marker motion per scaled variable unit
+        points = self.marker_positions()
+        rows_r, rows_j = [], []
+        for k in np.flatnonzero(valid):
+            mujoco.mj_jac(m, d, self._jacp, None, points[k], int(self.marker_body[k]))
+            w = self.marker_sqrt_w[k]
+            rows_r.append((points[k] - target[k]) * 1e3 * w)
+            rows_j.append(self._jacp[:, cols] * col_scale * w)
+        low = self._floor_points()
+        below = np.flatnonzero(low[:, 2] < 0.0)
+        sqrt_fw = np.sqrt(self.options.floor_weight)
+        for g in below:
+            body = int(m.geom_bodyid[self.floor_geoms[g]])
+            mujoco.mj_jac(m, d, self._jacp, None, low[g], body)
+            rows_r.append(np.array([low[g, 2] * 1e3 * sqrt_fw]))
+            rows_j.append(self._jacp[2:3, cols] * col_scale * sqrt_fw)
+        return np.concatenate(rows_r), np.concatenate(rows_j)
+
+    # -- solver -----------------------------------------------------------------------------
+
+    def _apply_step(self, qpos: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """Returns qpos moved by `step` (scaled free variables), clipped to the joint limits."""
+        self._step[:] = 0.0
+        self._step[self.dofs] = step * self.var_scale
+        out = qpos.copy()
+        mujoco.mj_integratePos(self.model, out, self._step, 1.0)
+        out[self.hinge_qadr] = np.clip(out[self.hinge_qadr], self.hinge_lo, self.hinge_hi)
+        return out
+
+    def solve_frame(self, target: np.ndarray, valid: np.ndarray, qpos_init: np.ndarray,
+                    qpos_prev: np.ndarray | None, iterations: int) -> np.ndarray:
+        """Minimises the objective for one frame from `qpos_init`.
+
+        Args:
+            target: (K_used, 3) keypoint positions (m); rows where `valid` is False are unused.
+            valid: (K_used,) bool mask of present keypoints.
+            qpos_init: (nq,) starting pose.
+            qpos_prev: (nq,) pose the smoothness term pulls towards, or None.
+            iterations: maximum Gauss-Newton iterations.
+
+        Returns:
+            (nq,) fitted pose, within the joint limits.
+        """
+        opt = self.options
+        qpos = qpos_init.copy()
+        qpos[self.hinge_qadr] = np.clip(qpos[self.hinge_qadr], self.hinge_lo, self.hinge_hi)
+        cost = self._cost(qpos, target, valid, qpos_prev)
+        mu = opt.damping
+        n = self.dofs.size
+        reg_w = self.smooth_w if qpos_prev is not None else np.zeros(n)
+        for _ in range(iterations):
+            r, jac = self._linearise(qpos, target, valid)
+            grad = jac.T @ r
+            hess = jac.T @ jac
+            if qpos_prev is not None:
+                grad += reg_w * self._velocity_diff(qpos_prev, qpos)
+            hinge = qpos[self.hinge_qadr]
+            grad[6:] += self.posture_w[6:] * hinge
+            diag = reg_w + self.posture_w
+            improved = False
+            for _attempt in range(6):
+                active = np.ones(n, dtype=bool)
+                step = self._solve(hess, grad, diag, mu, active)
+                # Hinges at a limit that the step pushes outwards are frozen and the step redone.
+                at_lo = (hinge <= self.hinge_lo + 1e-9) & (step[6:] < 0)
+                at_hi = (hinge >= self.hinge_hi - 1e-9) & (step[6:] > 0)
+                blocked = np.concatenate([np.zeros(6, bool), at_lo | at_hi])
+                if blocked.any():
+                    active &= ~blocked
+                    step = self._solve(hess, grad, diag, mu, active)
+                candidate = self._apply_step(qpos, step)
+                new_cost = self._cost(candidate, target, valid, qpos_prev)
+                if new_cost < cost:
+                    improved = True
+                    break
+                mu *= 4.0
+            if not improved:
+                break
+            gain = (cost - new_cost) / max(cost, 1e-12)
+            qpos, cost = candidate, new_cost
+            mu = max(mu / 3.0, 1e-6)
+            if gain < opt.tolerance:
+                break
+        return qpos
+
+    @staticmethod
+    def _solve(hess: np.ndarray, grad: np.ndarray, diag: np.ndarray, mu: float,
+               active: np.ndarray) -> np.ndarray:
+        step = np.zeros(grad.size)
+        idx = np.flatnonzero(active)
+        h = hess[np.ix_(idx, idx)] + np.diag(diag[idx] + mu)
+        try:
+            step[idx] = -np.linalg.solve(h, grad[idx])
+        except np.linalg.LinAlgError:
+            step[idx] = -grad[idx] / (np.diag(h) + 1e-9)
+        return step
+
+    def _mean_error_mm(self, qpos: np.ndarray, target: np.ndarray, valid: np.ndarray) -> float:
+        """Returns the mean marker-to-keypoint distance (mm) over the valid keypoints."""
+        if not np.all(np.isfinite(qpos)):
+            return float('nan')
+        dist = np.linalg.norm(self.marker_positions(qpos)[valid] - target[valid], axis=1)
+        return float(np.mean(dist)) * 1e3
+
+    def initial_pose(self, target: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Returns a rough first pose: hinges 0, root turned and moved onto the keypoints.
+
+        The heading is the horizontal direction between the marker set's heading keypoints
+        (SpineL towards SpineF for rat23) when both are present; the position puts the mean of
+        the present markers on the mean of their keypoints.
+        """
+        qpos = self.body.default_qpos()
+        names = [self.keypoint_names[i] for i in self.used]
+        heading = self.marker_set.heading_keypoints
+        yaw = 0.0
+        if heading is not None and all(h in names for h in heading):
+            back, front = (names.index(h) for h in heading)
+            if valid[back] and valid[front]:
+                model = self.marker_positions(qpos)
+                d_data = target[front] - target[back]
+                d_model = model[front] - model[back]
+                yaw = (np.arctan2(d_data[1], d_data[0]) - np.arctan2(d_model[1], d_model[0]))
+        qpos[3:7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+        model = self.marker_positions(qpos)
+        qpos[:3] += np.mean(target[valid] - model[valid], axis=0)
+        return qpos
+
+    def fit(self, xyz_m: npt.ArrayLike,
+            progress: bool | Callable[[int, int], None] = False,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fits every frame in order, each warm-started from the one before.
+
+        Args:
+            xyz_m: (T, K, 3) keypoints in metres, in `keypoint_names` order; NaN = missing.
+            progress: True for a tqdm bar (if tqdm is installed), or a callback
+                `fn(frames_done, frames_total)`.
+
+        Returns:
+            qpos: (T, nq) fitted poses.
+            residual_mm: (T, K) distance from each keypoint to its marker (mm); NaN where the
+                keypoint is missing or not in the marker set.
+            failed: (T,) True where the frame had too few keypoints (the previous pose is
+                held) or its mean residual exceeds `options.fail_residual_mm`.
+        """
+        xyz = np.asarray(xyz_m, dtype=np.float64)
+        if xyz.ndim != 3 or xyz.shape[1:] != (len(self.keypoint_names), 3):
+            raise ValueError(f'keypoints should have shape (T, {len(self.keypoint_names)}, 3): '
+                             f'got {xyz.shape}')
+        n_frames = xyz.shape[0]
+        opt = self.options
+        qpos_all = np.zeros((n_frames, self.model.nq))
+        residual = np.full((n_frames, len(self.keypoint_names)), np.nan)
+        failed = np.zeros(n_frames, dtype=bool)
+        tick = _progress_callback(progress, n_frames)
+        prev = None
+        first_fitted = None
+        for t in range(n_frames):
+            target = xyz[t, self.used]
+            valid = np.all(np.isfinite(target), axis=1)
+            if valid.sum() < opt.min_keypoints:
+                failed[t] = True
+                qpos_all[t] = prev if prev is not None else self.body.default_qpos()
+                tick(t + 1)
+                continue
+            # Missing keypoints stay NaN: every use below selects the `valid` rows only.
+            if prev is not None:
+                qpos = self.solve_frame(target, valid, prev, prev, opt.iterations)
+                error = self._mean_error_mm(qpos, target, valid)
+            if prev is None or not error <= opt.fail_residual_mm:
+                # First frame, or the warm start went astray: start afresh from the keypoints.
+                cold = self.solve_frame(target, valid, self.initial_pose(target, valid), None,
+                                        opt.first_frame_iterations)
+                cold_error = self._mean_error_mm(cold, target, valid)
+                if prev is None or not error <= cold_error:
+                    qpos, error = cold, cold_error
+            if not np.isfinite(error):
+                failed[t] = True
+                qpos_all[t] = prev if prev is not None else self.body.default_qpos()
+                tick(t + 1)
+                continue
+            dist = np.linalg.norm(self.marker_positions(qpos) - target, axis=1) * 1e3
+            residual[t, self.used[valid]] = dist[valid]
+            qpos_all[t] = qpos
+            failed[t] = error > opt.fail_residual_mm
+            prev = qpos
+            first_fitted = t if first_fitted is None else first_fitted
+            tick(t + 1)
+        if first_fitted:  # frames before the first fitted one hold its pose
+            qpos_all[:first_fitted] = qpos_all[first_fitted]
+        return qpos_all, residual, failed
+
+
+def _progress_callback(progress: bool | Callable[[int, int], None],
+                       total: int) -> Callable[[int], None]:
+    if callable(progress):
+        return lambda done: progress(done, total)
+    if progress:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            _LOG.info('tqdm is not installed; fitting %d frames without a progress bar', total)
+        else:
+            bar = tqdm(total=total, unit='frame', desc='keypoint fit')
+
+            def tick(done: int) -> None:
+                bar.update(done - bar.n)
+                if done == total:
+                    bar.close()
+            return tick
+    return lambda done: None
+
+
+def fit_keypoints(
+    xyz_m: npt.ArrayLike,
+    names: Sequence[str],
+    marker_set: MarkerSet | None = None,
+    scale: float = rc.DEFAULT_BODY_SCALE,
+    options: FitOptions | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fits the rat body to keypoints frame by frame (see `KeypointFitter.fit`).
+
+    Args:
+        xyz_m: (T, K, 3) keypoints in metres, world frame with z up and the floor at z = 0;
+            NaN marks a missing keypoint (it is left out of that frame's fit).
+        names: (K,) keypoint names, matched by name against the marker set.
+        marker_set: defaults to the shipped rat23 set.
+        scale: body scale of the rat.
+        options: solver settings.
+        progress: True for a progress bar, or a callback `fn(frames_done, frames_total)`.
+
+    Returns:
+        qpos: (T, 74) poses: root position (m), root quaternion (w, x, y, z), hinges (rad).
+        residual_mm: (T, K) keypoint-to-marker distances (mm), NaN where not fitted.
+        failed: (T,) bool, frames that could not be fitted well.
+    """
+    marker_set = load_marker_set() if marker_set is None else marker_set
+    fitter = KeypointFitter(marker_set, names, scale=scale, options=options)
+    return fitter.fit(xyz_m, progress=progress)
+
+
+def fit_keypoint_file(
+    path: str,
+    fmt: str = 'auto',
+    fps: float | None = None,
+    units: str = 'auto',
+    scale: float = rc.DEFAULT_BODY_SCALE,
+    marker_set: MarkerSet | str | None = None,
+    options: FitOptions | None = None,
+    meta: dict | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+) -> tuple[Clip, dict]:
+    """Reads a keypoint file and fits the rat to it, giving a reference clip.
+
+    Args:
+        path: a DANNCE .mat (`pred`) or ndx-pose .nwb file.
+        fmt: 'auto' (by extension), 'mat' or 'nwb'.
+        fps: frame rate of the recording (Hz). None: the files store no trustworthy rate, so
+            `DEFAULT_FPS` (50) is assumed and the clip's meta says so.
+        units: 'auto' (guessed from the keypoint spacing), 'mm', 'cm' or 'm'.
+        scale: body scale of the rat.
+        marker_set: a MarkerSet, a path to a marker-set YAML, or None for rat23.
+        options: solver settings.
+        meta: extra provenance (title, licence, ...) merged into the clip's meta.
+        progress: True for a progress bar, or a callback `fn(frames_done, frames_total)`.
+
+    Returns:
+        clip: the fitted clip; it keeps the keypoints (m) and records its provenance in meta.
+        report: frames, fps, duration_s, residual_mm_mean, residual_mm_p95, failed_frames
+            (frame indices), units_assumed, fit_seconds.
+
+    Raises:
+        ClipError: the file cannot be read, or fewer than 2 frames were found.
+    """
+    if fps is not None and not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f'fps should be a positive number of frames per second: got {fps}')
+    if isinstance(marker_set, (str, os.PathLike)):
+        marker_set = load_marker_set(str(marker_set))
+    elif marker_set is None:
+        marker_set = load_marker_set()
+    options = FitOptions() if options is None else options
+
+    xyz, names, fmt_used = read_keypoints(str(path), fmt)
+    if xyz.shape[0] < 2:
+        raise ClipError(f"'{path}' holds {xyz.shape[0]} frame(s); a clip needs at least 2")
+    units_used, units_guessed = resolve_units(xyz, units)
+    xyz_m = xyz * UNITS_TO_M[units_used]
+    fps_used = DEFAULT_FPS if fps is None else float(fps)
+
+    start = time.perf_counter()
+    fitter = KeypointFitter(marker_set, names, scale=scale, options=options)
+    qpos, residual, failed = fitter.fit(xyz_m, progress=progress)
+    seconds = time.perf_counter() - start
+
+    finite = residual[np.isfinite(residual)]
+    report = {
+        'frames': int(qpos.shape[0]),
+        'fps': fps_used,
+        'duration_s': (qpos.shape[0] - 1) / fps_used,
+        'residual_mm_mean': float(np.mean(finite)) if finite.size else float('nan'),
+        'residual_mm_p95': float(np.percentile(finite, 95)) if finite.size else float('nan'),
+        'failed_frames': [int(i) for i in np.flatnonzero(failed)],
+        'units_assumed': units_used,
+        'fit_seconds': round(seconds, 2),
+    }
+    clip_meta = {
+        'source_file': os.path.basename(str(path)),
+        'source_format': fmt_used,
+        'fps': fps_used,
+        'fps_assumed': fps is None,
+        'units': units_used,
+        'units_guessed': units_guessed,
+        'body_scale': float(scale),
+        'marker_set': marker_set.name,
+        'marker_set_body_scale': marker_set.body_scale,
+        'fitter': 'vrat_ros.keypoint_fit',
+        'fit_options': options.to_dict(),
+        'fit_residual_mm_mean': report['residual_mm_mean'],
+        'fit_residual_mm_p95': report['residual_mm_p95'],
+        'fit_failed_frames': report['failed_frames'],
+        'tail': 'not observed; tail hinges held at 0',
+    }
+    clip_meta.update(meta or {})
+    clip = Clip(qpos=qpos, fps=fps_used, joint_names=list(fitter.body.hinge_names),
+                body_scale=float(scale), meta=clip_meta, keypoints=xyz_m,
+                keypoint_names=list(names))
+    return clip, report

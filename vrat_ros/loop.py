@@ -1,0 +1,253 @@
+"""The closed ROS loop in one process: reference, policy and a lockstep sim on one executor.
+
+`run_ros_loop` is what `vrat run` uses. Messages go through ROS topics exactly as with three
+processes, but the lockstep sim makes the run deterministic, so its trajectory can be compared
+with the inline rollout (`vrat_ros.rollout`), which needs no ROS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import time
+
+import numpy as np
+
+from vrat_ros.clip import Clip
+from vrat_ros.policy import read_contract
+from vrat_ros.ros_messages import seconds_to_ns
+from vrat_ros.ros_messages import stamp_to_ns
+
+_RUN_IDS = itertools.count()
+
+
+@dataclasses.dataclass
+class RosLoopResult:
+    """What one ROS loop run recorded. T counts control steps, including the initial state.
+
+    Attributes:
+        times: (T,) clip times of the recorded states (s).
+        qpos: (T, nq) sim poses rebuilt from joint_states and odom (matched by name).
+        ref_qpos: (T, nq) reference poses at `times` (clip.sample, body hinge order).
+        torques: (T - 1, nu) torques the sim received on policy/effort (N m, body order).
+        n_saturated: actuator-steps whose torque the sim clamped to the force limit.
+        rejected_commands: commands the sim rejected.
+        sim_seconds: simulated time covered (s).
+        wall_seconds: wall time from the initial state to the last (s); start-up excluded.
+        halted: the sim stopped early because the physics diverged.
+    """
+
+    times: np.ndarray
+    qpos: np.ndarray
+    ref_qpos: np.ndarray
+    torques: np.ndarray
+    n_saturated: int
+    rejected_commands: int
+    sim_seconds: float
+    wall_seconds: float
+    halted: bool
+
+    @property
+    def n_control_steps(self) -> int:
+        return int(self.torques.shape[0])
+
+    @property
+    def steps_per_second(self) -> float:
+        """Control steps per wall second."""
+        return self.n_control_steps / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+class _Recorder:
+    """Keeps the last joint state, odometry and command of each stamp, by name."""
+
+    def __init__(self, node, hinge_names: list[str], actuator_names: list[str]):
+        from nav_msgs.msg import Odometry
+        from sensor_msgs.msg import JointState
+        self._hinges = list(hinge_names)
+        self._actuators = list(actuator_names)
+        self.joints = {}
+        self.roots = {}
+        self.torques = {}
+        node.create_subscription(JointState, 'joint_states', self._on_joint_state, 50)
+        node.create_subscription(Odometry, 'odom', self._on_odom, 50)
+        node.create_subscription(JointState, 'policy/effort', self._on_effort, 50)
+
+    @staticmethod
+    def _by_name(names, values, wanted: list[str]) -> np.ndarray:
+        index = {n: i for i, n in enumerate(names)}
+        return np.array([values[index[n]] for n in wanted], dtype=np.float64)
+
+    def _on_joint_state(self, msg) -> None:
+        self.joints[stamp_to_ns(msg.header.stamp)] = self._by_name(
+            msg.name, msg.position, self._hinges)
+
+    def _on_odom(self, msg) -> None:
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        self.roots[stamp_to_ns(msg.header.stamp)] = np.array([p.x, p.y, p.z, q.w, q.x, q.y, q.z])
+
+    def _on_effort(self, msg) -> None:
+        self.torques[stamp_to_ns(msg.header.stamp)] = self._by_name(
+            msg.name, msg.effort, self._actuators)
+
+    def has_state(self, stamp_ns: int) -> bool:
+        return stamp_ns in self.joints and stamp_ns in self.roots
+
+    def qpos(self, stamp_ns: int) -> np.ndarray:
+        return np.concatenate([self.roots[stamp_ns], self.joints[stamp_ns]])
+
+
+def run_ros_loop(
+    clip_path: str,
+    policy_path: str,
+    seconds: float | None = None,
+    start_time_s: float = 0.0,
+    body_scale: float = 0.9,
+    progress: bool = False,
+    domain_id: int | None = None,
+    stall_timeout_s: float = 30.0,
+) -> RosLoopResult:
+    """Run reference, policy and a lockstep sim in this process until the run's end.
+
+    The nodes get their own rclpy Context (so this can run many times in one process) and a
+    namespace of their own, /clock included, so that other ROS graphs in the same domain are
+    neither heard nor disturbed.
+
+    Args:
+        clip_path: reference clip (.npz).
+        policy_path: ONNX policy with a vrat contract; its control rate and reference window
+            configure the sim and the reference node.
+        seconds: sim time to run (s); None runs to the end of the clip. It is cut at the clip's
+            end and rounded down to whole control periods.
+        start_time_s: clip time of the initial state (s).
+        body_scale: length scale of the rat body.
+        progress: show a tqdm progress bar.
+        domain_id: ROS domain id; None takes ROS_DOMAIN_ID from the environment.
+        stall_timeout_s: give up when no new state arrives for this long (wall s).
+
+    Returns:
+        The `RosLoopResult`.
+
+    Raises:
+        ValueError: bad times.
+        RuntimeError: the loop stalled.
+        VratError: the clip or the policy cannot be loaded.
+    """
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from vrat_ros.policy_node import PolicyNode
+    from vrat_ros.reference_node import ReferenceNode
+    from vrat_ros.sim_node import RatSimNode
+
+    # Timing of the run, from the policy's contract and the clip.
+    contract = read_contract(policy_path)
+    rate_hz = float(contract['control_rate_hz'])
+    clip = Clip.load(clip_path)
+    if not 0.0 <= start_time_s < clip.duration_s:
+        raise ValueError(
+            f'start_time_s should be in [0, {clip.duration_s:.3f}) s: got {start_time_s}')
+    available_s = clip.duration_s - start_time_s
+    seconds = available_s if seconds is None else min(float(seconds), available_s)
+    if not seconds > 0.0:
+        raise ValueError(f'seconds should be positive: got {seconds}')
+    n_steps = int(np.floor(seconds * rate_hz + 1e-9))
+    period_ns = seconds_to_ns(1.0 / rate_hz)
+
+    # The nodes, in a context and namespace of their own.
+    context = Context()
+    rclpy.init(context=context, args=[], domain_id=domain_id)
+    namespace = f'/vrat_loop_{os.getpid()}_{next(_RUN_IDS)}'
+    nodes = []
+
+    def make(cls, **parameters):
+        # No parameter services: nobody reconfigures these nodes, and every entity in the
+        # executor's wait set costs time on each of the ~10 waits per control step.
+        node = cls(context=context, namespace=namespace, start_parameter_services=False,
+                   cli_args=['--ros-args', '-r', f'/clock:={namespace}/clock'],
+                   parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
+        nodes.append(node)
+        return node
+
+    bar = executor = None
+    try:
+        sim = make(RatSimNode, mode='lockstep', control_rate_hz=rate_hz, body_scale=body_scale,
+                   clip_file=clip_path, start_time_s=start_time_s, publish_clock=True)
+        reference = make(
+            ReferenceNode, clip_file=clip_path, start_time_s=start_time_s,
+            control_rate_hz=rate_hz, window_frames=int(contract['reference']['frames']),
+            window_dt_s=float(contract['reference']['dt_s']), use_sim_time=True)
+        policy = make(PolicyNode, policy_file=policy_path, use_sim_time=True)
+        recorder_node = rclpy.create_node('recorder', context=context, namespace=namespace,
+                                          start_parameter_services=False)
+        nodes.append(recorder_node)
+        recorder = _Recorder(recorder_node, sim.body.hinge_names, sim.body.actuator_names)
+        executor = SingleThreadedExecutor(context=context)
+        for node in nodes:
+            executor.add_node(node)
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=n_steps, desc='ROS loop', unit='step')
+
+        # Start as soon as every link is matched, rather than at the sim's next republish.
+        links = ((sim.joint_state_pub, 2), (sim.odom_pub, 2), (sim.clock_pub, 1),
+                 (reference.joint_pub, 1), (reference.root_pub, 1), (policy.effort_pub, 2))
+        deadline = time.monotonic() + stall_timeout_s
+        while ((any(pub.get_subscription_count() < n for pub, n in links)
+                or reference.clock_sub.get_publisher_count() < 1)
+               and time.monotonic() < deadline):
+            executor.spin_once(timeout_sec=0.01)
+        sim.publish_now()
+
+        # Spin until the last state is recorded (or the sim halts, or nothing moves).
+        stamps = [k * period_ns for k in range(n_steps + 1)]
+
+        def recorded(k: int) -> bool:  # state k and the command that led to it
+            return recorder.has_state(stamps[k]) and (k == 0 or stamps[k - 1] in recorder.torques)
+
+        done = 0
+        start = None
+        last_progress = time.monotonic()
+        drain = 20  # after a halt, a few more spins collect what is already on its way
+        while done <= n_steps and drain > 0:
+            executor.spin_once(timeout_sec=0.05 if not sim.halted else 0.01)
+            drain -= int(sim.halted)
+            before = done
+            while done <= n_steps and recorded(done):
+                done += 1
+            if done > before:
+                last_progress = time.monotonic()
+                if start is None:
+                    start = time.perf_counter()  # the initial state: stepping starts
+                if bar is not None:
+                    bar.update(max(done - 1, 0) - bar.n)
+            elif time.monotonic() - last_progress > stall_timeout_s:
+                raise RuntimeError(
+                    f'ROS loop stalled at sim time {sim.time_ns * 1e-9:.3f} s: no new state '
+                    f'for {stall_timeout_s} s ({len(recorder.torques)} commands received)')
+        wall = time.perf_counter() - start if start is not None else 0.0
+        n_saturated, rejected, halted = sim.n_saturated, sim.rejected_commands, sim.halted
+        if done == 0:
+            raise RuntimeError('the sim halted before its initial state was recorded')
+    finally:
+        if bar is not None:
+            bar.close()
+        if executor is not None:
+            executor.shutdown()
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+    # Rebuild the arrays from what the recorder heard.
+    kept = stamps[:done]
+    qpos = np.stack([recorder.qpos(s) for s in kept])
+    torques = np.array([recorder.torques[s] for s in kept[:-1]]).reshape(-1, sim.body.nu)
+    times = start_time_s + np.array(kept) * 1e-9
+    body_clip = clip.reorder_to(sim.body.hinge_names)
+    ref_qpos = np.stack([body_clip.sample(t) for t in times])
+    return RosLoopResult(
+        times=times, qpos=qpos, ref_qpos=ref_qpos, torques=torques, n_saturated=n_saturated,
+        rejected_commands=rejected, sim_seconds=(done - 1) * period_ns * 1e-9,
+        wall_seconds=wall, halted=halted)

@@ -1,0 +1,394 @@
+"""The `policy` node: runs the ONNX inverse-dynamics network on joint states and the reference.
+
+Inputs are matched by name to the policy contract, so their order does not matter:
+  joint_states                 sensor_msgs/JointState (position rad, velocity rad/s)
+  odom                         nav_msgs/Odometry (root pose in the world, twist in the root)
+  reference/joint_trajectory   trajectory_msgs/JointTrajectory
+  reference/root_trajectory    trajectory_msgs/MultiDOFJointTrajectory (joint 'root')
+Output: policy/effort, sensor_msgs/JointState with the contract's actuator names and torques
+(N m) in `effort`, stamped with the joint state it answers; optionally also
+effort_controller/commands (std_msgs/Float64MultiArray, the contract's actuator order).
+
+One command per joint-state stamp t, computed when joint_states(t), odom(t) and reference
+windows covering t + dt .. t + K dt are all there (whichever comes last triggers it), so a
+lockstep run is deterministic. A joint state repeated with the same stamp (the lockstep sim
+waiting) gets the same command again.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+
+from nav_msgs.msg import Odometry
+import numpy as np
+from rcl_interfaces.msg import FloatingPointRange
+from rcl_interfaces.msg import ParameterDescriptor
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory
+from trajectory_msgs.msg import MultiDOFJointTrajectory
+
+from vrat_ros import rat_constants as rc
+from vrat_ros.clip import quat_slerp
+from vrat_ros.errors import VratError
+from vrat_ros.observation import build_observation
+from vrat_ros.policy import OnnxPolicy
+from vrat_ros.resources import default_policy_path
+from vrat_ros.ros_messages import ns_to_time
+from vrat_ros.ros_messages import quat_msg_to_wxyz
+from vrat_ros.ros_messages import seconds_to_ns
+from vrat_ros.ros_messages import stamp_to_ns
+from vrat_ros.ros_messages import vector_to_array
+
+EFFORT_TOPIC = 'policy/effort'
+ARRAY_TOPIC = 'effort_controller/commands'
+_HISTORY = 8          # odometry messages and reference windows kept for matching
+_MAX_LAYOUTS = 16     # cached name orders of incoming messages
+
+
+def _preview(names, limit: int = 5) -> str:
+    names = list(names)
+    more = f' (+{len(names) - limit} more)' if len(names) > limit else ''
+    return f'{names[:limit]}{more}'
+
+
+def window_covers(times_ns: np.ndarray, targets_ns: np.ndarray, tolerance_ns: int) -> bool:
+    """Tell whether a window's point times span the targets, give or take `tolerance_ns`."""
+    return bool(times_ns[0] <= targets_ns[0] + tolerance_ns
+                and times_ns[-1] >= targets_ns[-1] - tolerance_ns)
+
+
+def interpolation_weights(times_ns: np.ndarray, targets_ns: np.ndarray):
+    """Return (i0, i1, s) arrays so that value(target) = (1 - s) v[i0] + s v[i1].
+
+    Targets outside the window hold its first or last point; a target on a point takes it
+    exactly (s = 0).
+    """
+    n = len(times_ns)
+    i0 = np.clip(np.searchsorted(times_ns, targets_ns, side='right') - 1, 0, n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    span = (times_ns[i1] - times_ns[i0]).astype(np.float64)
+    offset = (targets_ns - times_ns[i0]).astype(np.float64)
+    s = np.where(span > 0, np.clip(offset / np.where(span > 0, span, 1.0), 0.0, 1.0), 0.0)
+    return i0, i1, s
+
+
+def interpolate_rows(values: np.ndarray, i0, i1, s) -> np.ndarray:
+    """Linear interpolation of (n, m) rows; rows with s == 0 are copied exactly."""
+    out = values[i0].copy()
+    moving = s > 0
+    if moving.any():
+        w = s[moving, None]
+        out[moving] = (1.0 - w) * values[i0[moving]] + w * values[i1[moving]]
+    return out
+
+
+def interpolate_quats(quats: np.ndarray, i0, i1, s) -> np.ndarray:
+    """Slerp of (n, 4) (w, x, y, z) rows; rows with s == 0 are copied exactly."""
+    out = quats[i0].copy()
+    for j in np.flatnonzero(s > 0):
+        out[j] = quat_slerp(quats[i0[j]], quats[i1[j]], float(s[j]))
+    return out
+
+
+class PolicyNode(Node):
+
+    def __init__(self, **kwargs):
+        super().__init__('policy', **kwargs)
+
+        # Parameters.
+        tolerance_range = FloatingPointRange(from_value=0.0, to_value=10.0)
+        self.declare_parameter('policy_file', default_policy_path(), ParameterDescriptor(
+            description='ONNX policy with a vrat contract', read_only=True))
+        self.declare_parameter('publish_float64_array', False, ParameterDescriptor(
+            description=f'Also publish {ARRAY_TOPIC} (Float64MultiArray, contract order)',
+            read_only=True))
+        self.declare_parameter('reference_tolerance_s', 0.001, ParameterDescriptor(
+            description='How far (s) the reference window may fall short of t + dt .. t + K dt '
+                        '(its end points are held); about one control period for realtime use',
+            floating_point_range=[tolerance_range], read_only=True))
+        self.declare_parameter('odom_tolerance_s', 0.001, ParameterDescriptor(
+            description='Largest stamp difference (s) between joint_states and odom',
+            floating_point_range=[tolerance_range], read_only=True))
+
+        policy_file = self.get_parameter('policy_file').value
+        self.publish_array = bool(self.get_parameter('publish_float64_array').value)
+        self.reference_tolerance_ns = seconds_to_ns(
+            self.get_parameter('reference_tolerance_s').value)
+        self.odom_tolerance_ns = seconds_to_ns(self.get_parameter('odom_tolerance_s').value)
+
+        # The policy (a bad file or contract raises here, not in a callback).
+        self.policy = OnnxPolicy(policy_file)
+        self.joint_names = list(self.policy.joint_names)
+        self.dt_ns = seconds_to_ns(self.policy.reference_dt)
+        offsets = np.arange(1, self.policy.reference_frames + 1, dtype=np.int64)
+        self._target_offsets_ns = offsets * self.dt_ns
+
+        # Input state and counters (read by tests).
+        self._layouts = {}
+        self._pending = None            # (stamp_ns, joint_pos, joint_vel) awaiting a command
+        self._odoms = collections.deque(maxlen=_HISTORY)
+        self._joint_windows = collections.deque(maxlen=_HISTORY)
+        self._root_windows = collections.deque(maxlen=_HISTORY)
+        self.last_stamp_ns = None
+        self.last_command = None
+        self.commands_published = 0
+        self.commands_resent = 0
+        self.inputs_rejected = 0
+        self.warnings = collections.Counter()
+
+        # Publishers and subscriptions.
+        qos = QoSProfile(depth=10)
+        self.effort_pub = self.create_publisher(JointState, EFFORT_TOPIC, qos)
+        self.array_pub = (self.create_publisher(Float64MultiArray, ARRAY_TOPIC, qos)
+                          if self.publish_array else None)
+        self.create_subscription(JointState, 'joint_states', self._on_joint_state, qos)
+        self.create_subscription(Odometry, 'odom', self._on_odom, qos)
+        self.create_subscription(
+            JointTrajectory, 'reference/joint_trajectory', self._on_joint_reference, qos)
+        self.create_subscription(
+            MultiDOFJointTrajectory, 'reference/root_trajectory', self._on_root_reference, qos)
+
+        self.get_logger().info(
+            f"policy '{policy_file}': {len(self.joint_names)} joints, "
+            f'{len(self.policy.actuator_names)} actuators, observation '
+            f'{self.policy.observation_size}, {self.policy.reference_frames} reference frames '
+            f'{self.dt_ns * 1e-6:g} ms apart, trained at {self.policy.control_rate_hz:g} Hz; '
+            f"commands on {EFFORT_TOPIC}{' and ' + ARRAY_TOPIC if self.publish_array else ''}")
+
+    # Logging helpers.
+
+    def _warn_once(self, key: str, text: str) -> None:
+        self.warnings[key] += 1
+        if self.warnings[key] == 1:
+            self.get_logger().warning(text)
+
+    def _input_error(self, text: str) -> None:
+        self.inputs_rejected += 1
+        self.get_logger().error(f'no command: {text}', throttle_duration_sec=1.0)
+
+    # Name matching.
+
+    def _columns(self, names: tuple, source: str):
+        """Return the column of each contract joint in `names`, or None (error logged)."""
+        key = (source, names)
+        if key not in self._layouts:
+            if len(self._layouts) >= _MAX_LAYOUTS:
+                self._layouts.clear()
+            index = {}
+            for i, n in enumerate(names):
+                index.setdefault(n, i)
+            missing = [n for n in self.joint_names if n not in index]
+            # NOTE: the tail joints are left out of the contract on purpose; they are not unknown.
+            known = set(self.joint_names)
+            unknown = [n for n in index if n not in known
+                       and not n.startswith(rc.TAIL_JOINT_PREFIX)]
+            if unknown:
+                self._warn_once(f'unknown_joints:{source}:{sorted(unknown)}',
+                                f'{source} has joints the policy does not know (ignored): '
+                                f'{_preview(unknown)}')
+            cols = None if missing else np.array([index[n] for n in self.joint_names])
+            self._layouts[key] = (cols, missing)
+        cols, missing = self._layouts[key]
+        if cols is None:
+            self._input_error(f'{source} lacks joints the policy needs: {_preview(missing)}')
+        return cols
+
+    # Callbacks.
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        if self.last_stamp_ns is not None and stamp_ns == self.last_stamp_ns:
+            self.effort_pub.publish(self.last_command)  # the sim is still waiting for it
+            self.commands_resent += 1
+            return
+        if self.last_stamp_ns is not None and stamp_ns < self.last_stamp_ns:
+            self.get_logger().warning(
+                f'joint_states went back in time to {stamp_ns * 1e-9:.3f} s (a restarted '
+                'sim?); forgetting odometry and reference windows from later times')
+            self.last_stamp_ns = self.last_command = None
+            self._forget_after(stamp_ns)
+        repeated = self._pending is not None and self._pending[0] == stamp_ns
+        self._pending = self._parse_joint_state(msg, stamp_ns)
+        self._try_compute(report_wait=repeated)
+
+    def _forget_after(self, stamp_ns: int) -> None:
+        first_target_ns = stamp_ns + self._target_offsets_ns[0] + self.reference_tolerance_ns
+        for history, newest in ((self._odoms, stamp_ns + self.odom_tolerance_ns),
+                                (self._joint_windows, first_target_ns),
+                                (self._root_windows, first_target_ns)):
+            kept = [item for item in history if np.min(item[0]) <= newest]
+            history.clear()
+            history.extend(kept)
+
+    def _parse_joint_state(self, msg: JointState, stamp_ns: int):
+        names = tuple(msg.name)
+        if len(msg.position) != len(names):
+            self._input_error(
+                f'joint_states has {len(msg.position)} positions for {len(names)} names')
+            return None
+        if len(msg.velocity) not in (0, len(names)):
+            self._input_error(
+                f'joint_states has {len(msg.velocity)} velocities for {len(names)} names')
+            return None
+        cols = self._columns(names, 'joint_states')
+        if cols is None:
+            return None
+        pos = np.asarray(msg.position, dtype=np.float64)[cols]
+        if len(msg.velocity) == 0:
+            self._warn_once('empty_velocity',
+                            'joint_states has no velocities; the policy sees zero joint velocity')
+            vel = np.zeros(len(cols))
+        else:
+            vel = np.asarray(msg.velocity, dtype=np.float64)[cols]
+        bad = ~(np.isfinite(pos) & np.isfinite(vel))
+        if bad.any():
+            self._input_error('joint_states has non-finite values for '
+                              f'{_preview([self.joint_names[i] for i in np.flatnonzero(bad)])}')
+            return None
+        return stamp_ns, pos, vel
+
+    def _on_odom(self, msg: Odometry) -> None:
+        pose, twist = msg.pose.pose, msg.twist.twist
+        self._odoms.append((
+            stamp_to_ns(msg.header.stamp), vector_to_array(pose.position),
+            quat_msg_to_wxyz(pose.orientation), vector_to_array(twist.linear),
+            vector_to_array(twist.angular)))
+        self._try_compute()
+
+    def _on_joint_reference(self, msg: JointTrajectory) -> None:
+        window = self._parse_window(msg, 'reference/joint_trajectory')
+        if window is None:
+            return
+        cols = self._columns(tuple(msg.joint_names), 'reference/joint_trajectory')
+        if cols is None:
+            return
+        n = len(msg.joint_names)
+        if any(len(p.positions) != n for p in msg.points):
+            self._input_error(f'reference/joint_trajectory points should have {n} positions')
+            return
+        positions = np.array([p.positions for p in msg.points], dtype=np.float64)[:, cols]
+        self._joint_windows.append((window, positions))
+        self._try_compute()
+
+    def _on_root_reference(self, msg: MultiDOFJointTrajectory) -> None:
+        window = self._parse_window(msg, 'reference/root_trajectory')
+        if window is None:
+            return
+        names = list(msg.joint_names)
+        if rc.ROOT_JOINT not in names:
+            self._input_error(f"reference/root_trajectory has no joint '{rc.ROOT_JOINT}': "
+                              f'{_preview(names)}')
+            return
+        j = names.index(rc.ROOT_JOINT)
+        if any(len(p.transforms) != len(names) for p in msg.points):
+            self._input_error(
+                f'reference/root_trajectory points should have {len(names)} transforms')
+            return
+        pos = np.array([vector_to_array(p.transforms[j].translation) for p in msg.points])
+        quat = np.array([quat_msg_to_wxyz(p.transforms[j].rotation) for p in msg.points])
+        self._root_windows.append((window, pos, quat))
+        self._try_compute()
+
+    def _parse_window(self, msg, source: str):
+        """Return the absolute point times (ns) of a trajectory, or None (error logged)."""
+        if not msg.points:
+            self._input_error(f'{source} has no points')
+            return None
+        times = stamp_to_ns(msg.header.stamp) + np.array(
+            [stamp_to_ns(p.time_from_start) for p in msg.points], dtype=np.int64)
+        if np.any(np.diff(times) <= 0):
+            self._input_error(f'{source} point times should increase')
+            return None
+        return times
+
+    # The command.
+
+    def _find_window(self, windows, targets_ns):
+        for window in reversed(windows):
+            if window_covers(window[0], targets_ns, self.reference_tolerance_ns):
+                return window
+        return None
+
+    def _try_compute(self, report_wait: bool = False) -> None:
+        if self._pending is None:
+            return
+        stamp_ns, joint_pos, joint_vel = self._pending
+        odom = min(self._odoms, key=lambda o: abs(o[0] - stamp_ns), default=None)
+        if odom is not None and abs(odom[0] - stamp_ns) > self.odom_tolerance_ns:
+            odom = None
+        targets_ns = stamp_ns + self._target_offsets_ns
+        joint_window = self._find_window(self._joint_windows, targets_ns)
+        root_window = self._find_window(self._root_windows, targets_ns)
+        if odom is None or joint_window is None or root_window is None:
+            if report_wait:
+                waiting = [name for name, item in (
+                    ('odom', odom), ('reference/joint_trajectory', joint_window),
+                    ('reference/root_trajectory', root_window)) if item is None]
+                self.get_logger().warning(
+                    f'joint state at {stamp_ns * 1e-9:.3f} s still waits for {waiting} '
+                    f'covering {targets_ns[0] * 1e-9:.3f}..{targets_ns[-1] * 1e-9:.3f} s',
+                    throttle_duration_sec=5.0)
+            return
+        self._pending = None
+
+        # Reference at t + k dt, interpolated within the windows.
+        i0, i1, s = interpolation_weights(joint_window[0], targets_ns)
+        ref_joints = interpolate_rows(joint_window[1], i0, i1, s)
+        i0, i1, s = interpolation_weights(root_window[0], targets_ns)
+        ref_root_pos = interpolate_rows(root_window[1], i0, i1, s)
+        ref_root_quat = interpolate_quats(root_window[2], i0, i1, s)
+
+        _, root_pos, root_quat, linvel, angvel = odom
+        inputs = (root_pos, root_quat, linvel, angvel, ref_joints, ref_root_pos, ref_root_quat)
+        if not all(np.all(np.isfinite(x)) for x in inputs):
+            self._input_error(f'odom or reference has non-finite values at {stamp_ns * 1e-9} s')
+            return
+        obs = build_observation(joint_pos, joint_vel, root_pos, root_quat, linvel, angvel,
+                                ref_root_pos, ref_root_quat, ref_joints)
+        torques = self.policy.torques(obs)
+        if not np.all(np.isfinite(torques)):
+            self._input_error('the network returned non-finite torques')
+            return
+
+        msg = JointState()
+        msg.header.stamp = ns_to_time(stamp_ns)
+        msg.name = self.policy.actuator_names
+        msg.effort = torques.tolist()
+        self.effort_pub.publish(msg)
+        if self.array_pub is not None:
+            self.array_pub.publish(Float64MultiArray(data=msg.effort))
+        self.last_stamp_ns = stamp_ns
+        self.last_command = msg
+        self.commands_published += 1
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PolicyNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:
+        if node is None and isinstance(exc, (VratError, ValueError)):
+            rclpy.logging.get_logger('policy').error(f'cannot start: {exc}')
+            return 1
+        if rclpy.ok():
+            raise
+        # Ctrl-C shut the context down under a running callback: a normal exit.
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The `reference` node: publishes the next frames of a clip, picked by time, every control tick.
+
+Each tick at time t publishes a window of K points at t + k * window_dt_s (k = 1..K):
+  reference/joint_trajectory  trajectory_msgs/JointTrajectory, the clip's hinges (rad, rad/s)
+  reference/root_trajectory   trajectory_msgs/MultiDOFJointTrajectory, joint 'root': the
+                              root pose in the world (quaternion x, y, z, w)
+header.stamp is t; time_from_start is k * window_dt_s; the clip is sampled at
+start_time_s + t + k * window_dt_s (interpolated between frames, so any rate works).
+
+With use_sim_time the node follows /clock itself: it publishes once when sim time reaches a
+control tick (stamped with that tick), and again when the clock repeats (the lockstep sim
+waiting for a command), so a lost window is resent. Without it, a wall timer drives it and t
+counts from the node's first tick.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from geometry_msgs.msg import Transform
+from geometry_msgs.msg import Vector3
+from rcl_interfaces.msg import FloatingPointRange
+from rcl_interfaces.msg import IntegerRange
+from rcl_interfaces.msg import ParameterDescriptor
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from rclpy.qos import ReliabilityPolicy
+from rosgraph_msgs.msg import Clock as ClockMsg
+from trajectory_msgs.msg import JointTrajectory
+from trajectory_msgs.msg import JointTrajectoryPoint
+from trajectory_msgs.msg import MultiDOFJointTrajectory
+from trajectory_msgs.msg import MultiDOFJointTrajectoryPoint
+
+from vrat_ros import rat_constants as rc
+from vrat_ros.clip import Clip
+from vrat_ros.errors import VratError
+from vrat_ros.resources import default_clip_path
+from vrat_ros.ros_messages import ns_to_duration
+from vrat_ros.ros_messages import ns_to_time
+from vrat_ros.ros_messages import quat_wxyz_to_msg
+from vrat_ros.ros_messages import seconds_to_ns
+from vrat_ros.ros_messages import stamp_to_ns
+
+JOINT_TOPIC = 'reference/joint_trajectory'
+ROOT_TOPIC = 'reference/root_trajectory'
+
+
+class ReferenceNode(Node):
+
+    def __init__(self, **kwargs):
+        super().__init__('reference', **kwargs)
+
+        # Parameters.
+        self.declare_parameter('clip_file', default_clip_path(), ParameterDescriptor(
+            description='Reference clip (.npz) to publish', read_only=True))
+        self.declare_parameter('window_frames', rc.REFERENCE_WINDOW_FRAMES, ParameterDescriptor(
+            description='Future frames K per window (points at k * window_dt_s, k = 1..K)',
+            integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)],
+            read_only=True))
+        self.declare_parameter('window_dt_s', 1.0 / rc.CONTROL_RATE_HZ, ParameterDescriptor(
+            description="Time between window points (s); the policy contract's reference dt_s",
+            floating_point_range=[FloatingPointRange(from_value=1e-4, to_value=10.0)],
+            read_only=True))
+        self.declare_parameter('control_rate_hz', rc.CONTROL_RATE_HZ, ParameterDescriptor(
+            description='Windows per second (Hz); match the sim in lockstep',
+            floating_point_range=[FloatingPointRange(from_value=0.1, to_value=1000.0)],
+            read_only=True))
+        self.declare_parameter('start_time_s', 0.0, ParameterDescriptor(
+            description='Clip time (s) at time 0', read_only=True))
+        self.declare_parameter('loop', False, ParameterDescriptor(
+            description='Restart the clip at its end instead of holding the last frame',
+            read_only=True))
+
+        clip_file = self.get_parameter('clip_file').value
+        self.window_frames = int(self.get_parameter('window_frames').value)
+        self.window_dt_ns = seconds_to_ns(self.get_parameter('window_dt_s').value)
+        rate_hz = float(self.get_parameter('control_rate_hz').value)
+        self.start_time_s = float(self.get_parameter('start_time_s').value)
+        self.loop = bool(self.get_parameter('loop').value)
+        self.use_sim_time = bool(self.get_parameter('use_sim_time').value)
+
+        # Validation and the clip.
+        self.period_ns = seconds_to_ns(1.0 / rate_hz)
+        if self.period_ns <= 0 or self.window_dt_ns <= 0:
+            raise ValueError('control_rate_hz and window_dt_s should give positive periods')
+        self.clip = Clip.load(clip_file)
+        if not 0.0 <= self.start_time_s <= self.clip.duration_s:
+            raise ValueError(
+                f'start_time_s should be in [0, {self.clip.duration_s:.3f}] s for '
+                f"'{clip_file}': got {self.start_time_s}")
+
+        # Tick state.
+        self.windows_published = 0
+        self._last_tick_ns = None
+        self.last_clock_ns = None
+        self._wall_start_ns = None
+        self._cache = None  # (stamp_ns, joint msg, root msg) of the last window
+
+        # Publishers and the time source.
+        qos = QoSProfile(depth=10)
+        self.joint_pub = self.create_publisher(JointTrajectory, JOINT_TOPIC, qos)
+        self.root_pub = self.create_publisher(MultiDOFJointTrajectory, ROOT_TOPIC, qos)
+        self.clock_sub = None
+        if self.use_sim_time:
+            # Best effort matches reliable and best-effort /clock publishers. Depth 1: only the
+            # newest time matters, and the sim's ten clocks per control step cost one callback.
+            clock_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+            self.clock_sub = self.create_subscription(
+                ClockMsg, '/clock', self._on_clock, clock_qos)
+        else:
+            self.create_timer(1.0 / rate_hz, self._on_wall_timer)
+
+        self.get_logger().info(
+            f"publishing '{clip_file}' ({self.clip.n_frames} frames at {self.clip.fps:g} Hz, "
+            f'{self.clip.duration_s:.2f} s) from {self.start_time_s} s: {self.window_frames} '
+            f'frames every {self.window_dt_ns * 1e-6:g} ms, {rate_hz:g} windows/s on '
+            f"{'/clock' if self.use_sim_time else 'a wall timer'}, "
+            f"{'looping' if self.loop else 'holding the last frame'} at the end")
+
+    def _on_clock(self, msg: ClockMsg) -> None:
+        now_ns = stamp_to_ns(msg.clock)
+        if self.last_clock_ns is not None and now_ns < self.last_clock_ns:
+            self.get_logger().warning(
+                f'/clock jumped back to {now_ns * 1e-9:.3f} s; restarting the ticks')
+            self._last_tick_ns = None
+        repeated = now_ns == self.last_clock_ns
+        self.last_clock_ns = now_ns
+        tick_ns = (now_ns // self.period_ns) * self.period_ns
+        if self._last_tick_ns is None or tick_ns > self._last_tick_ns:
+            self._last_tick_ns = tick_ns
+            self.publish_window(tick_ns, tick_ns)
+        elif repeated:
+            # The lockstep sim republishes while it waits: resend (or fill in) its window.
+            self.publish_window(now_ns, now_ns)
+
+    def _on_wall_timer(self) -> None:
+        now_ns = self.get_clock().now().nanoseconds
+        if self._wall_start_ns is None:
+            self._wall_start_ns = now_ns
+        self.publish_window(now_ns, now_ns - self._wall_start_ns)
+
+    def clip_time(self, elapsed_ns: int) -> float:
+        """Clip time (s) for `elapsed_ns` after time 0, wrapped or held at the end."""
+        t = self.start_time_s + elapsed_ns * 1e-9
+        if t <= self.clip.duration_s:
+            return t
+        if self.loop:
+            self.get_logger().info('clip ended; looping back to its start', once=True)
+            return t % self.clip.duration_s
+        self.get_logger().warning(
+            f'clip ended at {self.clip.duration_s:.3f} s; holding its last frame', once=True)
+        return self.clip.duration_s
+
+    def publish_window(self, stamp_ns: int, elapsed_ns: int) -> None:
+        """Publish the window stamped `stamp_ns` whose first point is elapsed_ns + dt."""
+        if self._cache is None or self._cache[0] != stamp_ns:
+            self._cache = (stamp_ns, *self._build_window(stamp_ns, elapsed_ns))
+        self.joint_pub.publish(self._cache[1])
+        self.root_pub.publish(self._cache[2])
+        self.windows_published += 1
+
+    def _build_window(self, stamp_ns: int, elapsed_ns: int):
+        joint_msg = JointTrajectory()
+        joint_msg.header.stamp = ns_to_time(stamp_ns)
+        joint_msg.joint_names = self.clip.joint_names
+        root_msg = MultiDOFJointTrajectory()
+        root_msg.header.stamp = joint_msg.header.stamp
+        root_msg.header.frame_id = 'world'
+        root_msg.joint_names = [rc.ROOT_JOINT]
+        for k in range(1, self.window_frames + 1):
+            offset_ns = k * self.window_dt_ns
+            t = self.clip_time(elapsed_ns + offset_ns)
+            qpos = self.clip.sample(t)
+            qvel = self.clip.velocity(t)
+            after = ns_to_duration(offset_ns)
+            joint_msg.points.append(JointTrajectoryPoint(
+                positions=qpos[7:].tolist(), velocities=qvel[6:].tolist(),
+                time_from_start=after))
+            root = Transform(translation=Vector3(x=qpos[0], y=qpos[1], z=qpos[2]),
+                             rotation=quat_wxyz_to_msg(qpos[3:7]))
+            root_msg.points.append(MultiDOFJointTrajectoryPoint(
+                transforms=[root], time_from_start=after))
+        return joint_msg, root_msg
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ReferenceNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:
+        if node is None and isinstance(exc, (VratError, ValueError)):
+            rclpy.logging.get_logger('reference').error(f'cannot start: {exc}')
+            return 1
+        if rclpy.ok():
+            raise
+        # Ctrl-C shut the context down under a running callback: a normal exit.
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

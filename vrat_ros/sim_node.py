@@ -1,0 +1,418 @@
+"""The `rat_sim` node: MuJoCo physics of the rat, driven by torque commands over ROS.
+
+Modes:
+  lockstep  the sim advances exactly one control period per accepted command, so a run is
+            deterministic however slow the other nodes are. While it waits it republishes
+            its state and /clock on a slow wall timer, so late joiners never deadlock.
+  realtime  a wall timer steps the sim at the control rate with the latest valid command.
+
+Sim time starts at 0 s, which is the clip's `start_time_s` when a clip gives the initial state.
+Stamps are sim time, except in realtime mode without /clock, where they are wall time.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from geometry_msgs.msg import Point
+from geometry_msgs.msg import Vector3
+import mujoco
+from nav_msgs.msg import Odometry
+import numpy as np
+from rcl_interfaces.msg import FloatingPointRange
+from rcl_interfaces.msg import ParameterDescriptor
+import rclpy
+from rclpy.clock import Clock
+from rclpy.clock import ClockType
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
+from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from vrat_ros import rat_constants as rc
+from vrat_ros.clip import Clip
+from vrat_ros.errors import VratError
+from vrat_ros.kinematics import quat_to_mat
+from vrat_ros.rat_model import RatBody
+from vrat_ros.ros_messages import ns_to_time
+from vrat_ros.ros_messages import quat_wxyz_to_msg
+from vrat_ros.ros_messages import seconds_to_ns
+from vrat_ros.ros_messages import stamp_to_ns
+
+MODES = ('lockstep', 'realtime')
+EFFORT_TOPIC = 'policy/effort'
+ARRAY_TOPIC = 'effort_controller/commands'
+# MuJoCo resets the state by itself after these warnings; we stop instead (see `_diverged`).
+_RESET_WARNINGS = (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQPOS,
+                   mujoco.mjtWarning.mjWARN_BADQVEL)
+
+
+def _names_preview(names, limit: int = 5) -> str:
+    names = list(names)
+    more = f' (+{len(names) - limit} more)' if len(names) > limit else ''
+    return f'{names[:limit]}{more}'
+
+
+class RatSimNode(Node):
+
+    def __init__(self, **kwargs):
+        super().__init__('rat_sim', **kwargs)
+
+        # Parameters.
+        rate_range = FloatingPointRange(from_value=1.0, to_value=1000.0)
+        self.declare_parameter('mode', 'lockstep', ParameterDescriptor(
+            description="'lockstep': one control period per command; 'realtime': wall timer",
+            read_only=True))
+        self.declare_parameter('control_rate_hz', rc.CONTROL_RATE_HZ, ParameterDescriptor(
+            description='Control rate (Hz); the physics timestep must divide its period',
+            floating_point_range=[rate_range], read_only=True))
+        self.declare_parameter('body_scale', rc.DEFAULT_BODY_SCALE, ParameterDescriptor(
+            description='Length scale of the rat body', read_only=True))
+        self.declare_parameter('clip_file', '', ParameterDescriptor(
+            description='Optional clip (.npz) whose state at start_time_s is the initial state',
+            read_only=True))
+        self.declare_parameter('start_time_s', 0.0, ParameterDescriptor(
+            description='Clip time (s) of the initial state', read_only=True))
+        self.declare_parameter('publish_clock', True, ParameterDescriptor(
+            description='Publish sim time on /clock after every physics step', read_only=True))
+        # Typed without a default: unset (None) means the body's actuator order.
+        command_names = self.declare_parameter(
+            'command_joint_names', Parameter.Type.STRING_ARRAY, ParameterDescriptor(
+                description='Actuator order of Float64MultiArray commands (default: body order)',
+                read_only=True)).value
+        self.declare_parameter('republish_period_s', 0.2, ParameterDescriptor(
+            description='Lockstep: wall period (s) of state republishing while waiting',
+            read_only=True))
+
+        self.mode = self.get_parameter('mode').value
+        rate_hz = float(self.get_parameter('control_rate_hz').value)
+        scale = float(self.get_parameter('body_scale').value)
+        clip_file = self.get_parameter('clip_file').value
+        start_time_s = float(self.get_parameter('start_time_s').value)
+        self.publish_clock = bool(self.get_parameter('publish_clock').value)
+        republish_s = float(self.get_parameter('republish_period_s').value)
+
+        # Validation and the core objects.
+        if self.mode not in MODES:
+            raise ValueError(f"mode should be one of {MODES}: got '{self.mode}'")
+        if not republish_s > 0.0:
+            raise ValueError(f'republish_period_s should be > 0: got {republish_s}')
+        self.body = RatBody(scale=scale)
+        self.n_substeps = int(round(1.0 / (rate_hz * self.body.timestep)))
+        if self.n_substeps < 1 or abs(self.n_substeps * self.body.timestep * rate_hz - 1) > 1e-6:
+            raise ValueError(
+                f'control period 1/{rate_hz} Hz should be a multiple of the physics timestep '
+                f'{self.body.timestep} s')
+        self.timestep_ns = seconds_to_ns(self.body.timestep)
+        self._actuator_index = {n: i for i, n in enumerate(self.body.actuator_names)}
+        self.command_joint_names = self._check_command_names(command_names)
+        self._array_order = np.array(
+            [self._actuator_index[n] for n in self.command_joint_names])
+        self._reset_state(clip_file, start_time_s, scale)
+
+        # Run state and counters (read by tests and by the in-process loop).
+        self.torque = np.zeros(self.body.nu)
+        self.physics_steps = 0
+        self.control_steps = 0
+        self.n_saturated = 0
+        self.rejected_commands = 0
+        self.stale_commands = 0
+        self.halted = False
+        self.last_rejection = ''
+        self._lockstep_source = None
+        self._last_publish = 0.0
+        self._wall_clock = Clock(clock_type=ClockType.SYSTEM_TIME)
+        self._warning_counts = self._reset_warning_counts()
+
+        # Publishers, subscriptions and timers (timers on the steady clock: /clock may stop).
+        qos = QoSProfile(depth=10)
+        self.joint_state_pub = self.create_publisher(JointState, 'joint_states', qos)
+        self.odom_pub = self.create_publisher(Odometry, 'odom', qos)
+        self.clock_pub = (self.create_publisher(ClockMsg, '/clock', qos)
+                          if self.publish_clock else None)
+        self.create_subscription(JointState, EFFORT_TOPIC, self._on_effort, qos)
+        self.create_subscription(Float64MultiArray, ARRAY_TOPIC, self._on_array, qos)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        if self.mode == 'lockstep':
+            self._republish_period = republish_s
+            self.create_timer(republish_s / 2.0, self._on_republish_timer, clock=steady)
+        else:
+            self._period_s = 1.0 / rate_hz
+            self.create_timer(self._period_s, self._on_step_timer, clock=steady)
+        self.publish_now()
+
+        self.get_logger().info(
+            f'{self.mode} sim at {rate_hz:g} Hz ({self.n_substeps} x {self.body.timestep} s '
+            f'physics steps), body scale {scale}, {self.body.nu} actuators, '
+            f'{len(self.body.hinge_names)} joints, initial state from '
+            f"{clip_file + f' at {start_time_s} s' if clip_file else 'the default pose'}, "
+            f'/clock {"on" if self.publish_clock else "off"}')
+        if self.mode == 'lockstep' and not self.publish_clock:
+            self.get_logger().warning(
+                'lockstep without publish_clock: nodes that follow /clock will not advance')
+
+    # Construction helpers.
+
+    def _check_command_names(self, names) -> list[str]:
+        if names is None or len(names) == 0:
+            return list(self.body.actuator_names)
+        names = list(names)
+        unknown = [n for n in names if n not in self._actuator_index]
+        missing = [n for n in self.body.actuator_names if n not in names]
+        if unknown or missing or len(set(names)) != len(names):
+            raise ValueError(
+                'command_joint_names should list every actuator once: unknown '
+                f'{_names_preview(unknown)}, missing {_names_preview(missing)}; '
+                f'actuators are {self.body.actuator_names}')
+        return names
+
+    def _reset_state(self, clip_file: str, start_time_s: float, scale: float) -> None:
+        if not clip_file:
+            self.body.reset(time=0.0)
+            return
+        clip = Clip.load(clip_file).reorder_to(self.body.hinge_names)
+        if not 0.0 <= start_time_s <= clip.duration_s:
+            raise ValueError(
+                f'start_time_s should be in [0, {clip.duration_s:.3f}] s for '
+                f"'{clip_file}': got {start_time_s}")
+        if abs(clip.body_scale - scale) > 1e-6:
+            self.get_logger().warning(
+                f'clip was fitted for body scale {clip.body_scale}, the sim uses {scale}')
+        self.body.reset(clip.sample(start_time_s), clip.velocity(start_time_s), time=0.0)
+
+    def _reset_warning_counts(self) -> list[int]:
+        return [int(self.body.data.warning[w].number) for w in _RESET_WARNINGS]
+
+    # Time.
+
+    @property
+    def time_ns(self) -> int:
+        """Sim time in integer nanoseconds (exact: a count of physics steps)."""
+        return self.physics_steps * self.timestep_ns
+
+    def _stamp_ns(self) -> int:
+        if self.mode == 'realtime' and not self.publish_clock:
+            return self._wall_clock.now().nanoseconds
+        return self.time_ns
+
+    # Commands.
+
+    def _reject(self, problem: str) -> None:
+        self.rejected_commands += 1
+        self.last_rejection = problem
+        self.get_logger().error(
+            f'command rejected, keeping the last valid one: {problem}', throttle_duration_sec=1.0)
+
+    def torque_from_joint_state(self, msg: JointState) -> np.ndarray | None:
+        """Return torques in body actuator order from a named command, or None (logged)."""
+        names = list(msg.name)
+        if len(msg.effort) != len(names):
+            self._reject(f'{EFFORT_TOPIC} has {len(msg.effort)} efforts for {len(names)} names')
+            return None
+        if len(set(names)) != len(names):
+            self._reject(f'{EFFORT_TOPIC} repeats actuator names')
+            return None
+        unknown = [n for n in names if n not in self._actuator_index]
+        if unknown:
+            self._reject(f'{EFFORT_TOPIC} has unknown actuators {_names_preview(unknown)}; '
+                         f'known: {_names_preview(self.body.actuator_names, 3)}')
+            return None
+        if len(names) != self.body.nu:
+            missing = [n for n in self.body.actuator_names if n not in set(names)]
+            self._reject(f'{EFFORT_TOPIC} lacks actuators {_names_preview(missing)}')
+            return None
+        effort = np.asarray(msg.effort, dtype=np.float64)
+        bad = ~np.isfinite(effort)
+        if bad.any():
+            self._reject(f'{EFFORT_TOPIC} has non-finite torques for '
+                         f'{_names_preview([n for n, b in zip(names, bad) if b])}')
+            return None
+        torque = np.empty(self.body.nu)
+        torque[[self._actuator_index[n] for n in names]] = effort
+        return torque
+
+    def torque_from_array(self, msg: Float64MultiArray) -> np.ndarray | None:
+        """Return torques in body actuator order from a Float64MultiArray, or None (logged)."""
+        data = np.asarray(msg.data, dtype=np.float64)
+        if data.shape != (len(self.command_joint_names),):
+            self._reject(f'{ARRAY_TOPIC} has {data.size} values; expected '
+                         f'{len(self.command_joint_names)} (command_joint_names order)')
+            return None
+        bad = ~np.isfinite(data)
+        if bad.any():
+            self._reject(f'{ARRAY_TOPIC} has non-finite values at indices '
+                         f'{_names_preview(np.flatnonzero(bad).tolist())}')
+            return None
+        torque = np.empty(self.body.nu)
+        torque[self._array_order] = data
+        return torque
+
+    def _lockstep_accepts(self, source: str) -> bool:
+        # Two command forms for the same step would step twice: the first form seen drives.
+        if self._lockstep_source is None:
+            self._lockstep_source = source
+        if source != self._lockstep_source:
+            self.get_logger().warning(
+                f'lockstep follows {self._lockstep_source}; ignoring commands on {source}',
+                once=True)
+            return False
+        return True
+
+    def _on_effort(self, msg: JointState) -> None:
+        if self._refuse_when_halted():
+            return
+        torque = self.torque_from_joint_state(msg)
+        if torque is None:
+            return
+        if self.mode == 'realtime':
+            self.torque = torque
+            return
+        if not self._lockstep_accepts(EFFORT_TOPIC):
+            return
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        if stamp_ns < self.time_ns:
+            self.stale_commands += 1  # a re-sent answer to a state we already stepped past
+            return
+        if stamp_ns > self.time_ns:
+            self._reject(f'{EFFORT_TOPIC} stamped {stamp_ns * 1e-9:.6f} s is ahead of sim '
+                         f'time {self.time_ns * 1e-9:.6f} s')
+            return
+        self.torque = torque
+        self.control_step()
+
+    def _on_array(self, msg: Float64MultiArray) -> None:
+        if self._refuse_when_halted():
+            return
+        torque = self.torque_from_array(msg)
+        if torque is None:
+            return
+        if self.mode == 'realtime':
+            self.torque = torque
+            return
+        if self._lockstep_accepts(ARRAY_TOPIC):
+            self.torque = torque
+            self.control_step()
+
+    def _refuse_when_halted(self) -> bool:
+        if self.halted:
+            self.get_logger().error(
+                'sim halted after the physics diverged; ignoring commands (restart the node)',
+                throttle_duration_sec=5.0)
+        return self.halted
+
+    # Stepping.
+
+    def control_step(self) -> bool:
+        """Apply `self.torque` (clamped) for one control period; False if the sim halted."""
+        if self.halted:
+            return False
+        saturated = self.body.set_ctrl_from_torque(self.torque)
+        if saturated:
+            self.n_saturated += saturated
+            self.get_logger().warning(
+                f'{saturated} of {self.body.nu} torques clamped to the force limits',
+                throttle_duration_sec=5.0)
+        for _ in range(self.n_substeps):
+            self.body.step(1)
+            self.physics_steps += 1
+            problem = self._diverged()
+            if problem:
+                self.halted = True
+                self.get_logger().error(
+                    f'physics diverged at sim time {self.time_ns * 1e-9:.3f} s ({problem}); '
+                    'stepping stopped, no further state is published')
+                return False
+            if self.clock_pub is not None:
+                self.clock_pub.publish(ClockMsg(clock=ns_to_time(self.time_ns)))
+        self.control_steps += 1
+        self._publish_state()
+        return True
+
+    def _diverged(self) -> str:
+        counts = self._reset_warning_counts()
+        if counts != self._warning_counts:
+            return 'MuJoCo flagged unstable simulation and reset the state'
+        if not self.body.state_is_finite():
+            return 'non-finite qpos or qvel'
+        return ''
+
+    def _on_step_timer(self) -> None:
+        if self.halted:
+            return
+        start = time.perf_counter()
+        self.control_step()
+        elapsed = time.perf_counter() - start
+        if elapsed > self._period_s:
+            self.get_logger().warning(
+                f'a control step took {elapsed * 1e3:.1f} ms, longer than the '
+                f'{self._period_s * 1e3:.1f} ms period: slower than real time',
+                throttle_duration_sec=5.0)
+
+    def _on_republish_timer(self) -> None:
+        if self.halted or time.monotonic() - self._last_publish < self._republish_period:
+            return
+        self.publish_now()
+
+    # Publishing.
+
+    def publish_now(self) -> None:
+        """Publish /clock (when on) and the current state, e.g. once subscribers joined."""
+        if self.clock_pub is not None:
+            self.clock_pub.publish(ClockMsg(clock=ns_to_time(self.time_ns)))
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        data = self.body.data
+        stamp = ns_to_time(self._stamp_ns())
+        js = JointState()
+        js.header.stamp = stamp
+        js.name = self.body.hinge_names
+        js.position = data.qpos[7:].tolist()
+        js.velocity = data.qvel[6:].tolist()
+        js.effort = data.qfrc_actuator[6:].tolist()
+        self.joint_state_pub.publish(js)
+
+        odom = Odometry()
+        odom.header.stamp = stamp
+        odom.header.frame_id = 'world'
+        odom.child_frame_id = rc.ROOT_BODY
+        pos, quat = data.qpos[0:3], data.qpos[3:7]
+        odom.pose.pose.position = Point(x=pos[0], y=pos[1], z=pos[2])
+        odom.pose.pose.orientation = quat_wxyz_to_msg(quat)
+        # Twist in the child (root) frame: MuJoCo's free-joint linear velocity is in the world.
+        lin = quat_to_mat(quat).T @ data.qvel[0:3]
+        ang = data.qvel[3:6]
+        odom.twist.twist.linear = Vector3(x=lin[0], y=lin[1], z=lin[2])
+        odom.twist.twist.angular = Vector3(x=ang[0], y=ang[1], z=ang[2])
+        self.odom_pub.publish(odom)
+        self._last_publish = time.monotonic()
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = RatSimNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:
+        if node is None and isinstance(exc, (VratError, ValueError)):
+            rclpy.logging.get_logger('rat_sim').error(f'cannot start: {exc}')
+            return 1
+        if rclpy.ok():
+            raise
+        # Ctrl-C shut the context down under a running callback: a normal exit.
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

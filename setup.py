@@ -17,6 +17,7 @@ NODE_EXECUTABLES = {
     'sim_node': 'vrat_ros.sim_node:main',
     'policy_node': 'vrat_ros.policy_node:main',
     'reference_node': 'vrat_ros.reference_node:main',
+    'viz_node': 'vrat_ros.viz_node:main',
 }
 
 _LAUNCHER = """#!/bin/sh
@@ -113,8 +114,11 @@ setup(
         ],
         # Training and export; pinned: an unpinned torch pulls a multi-GB CUDA build.
         'train': ['torch==2.13.0'],
+        # Video, plots and MCAP recording.
+        'viz': ['matplotlib>=3.7', 'imageio>=2.30', 'imageio-ffmpeg>=0.4', 'mcap>=1.1',
+                'mcap-ros2-support>=0.5'],
         # ament_flake8 and ament_pep257 come from a ROS install or from these Kilted wheels.
-        'test': ['pytest>=7', 'ros-ament-flake8', 'ros-ament-pep257'],
+        'test': ['pytest>=7', 'ros-ament-flake8', 'ros-ament-pep257', 'yourdfpy>=0.0.56'],
     },
     zip_safe=False,
     maintainer='vrat_ros developers',

@@ -6,6 +6,8 @@ Arguments (ros2 launch vrat_ros sim.launch.py --show-args lists them):
   sim                         false leaves the sim out so a robot driver can take its place
   publish_float64_array       also send ros2_control-style Float64MultiArray commands
   use_sim_time                follow /clock from the sim (true with the sim)
+  viz                         start rat_viz: robot_description, body and reference markers, TF
+  rviz                        start RViz with config/vrat.rviz (implies viz)
 """
 
 from launch import LaunchDescription
@@ -13,6 +15,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch.substitutions import PathJoinSubstitution
+from launch.substitutions import PythonExpression
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 from launch_ros.parameter_descriptions import ParameterValue
@@ -42,6 +45,10 @@ def generate_launch_description():
                               description='Also publish effort_controller/commands.'),
         DeclareLaunchArgument('use_sim_time', default_value='true', choices=['true', 'false'],
                               description='Follow /clock published by the sim.'),
+        DeclareLaunchArgument('viz', default_value='false', choices=['true', 'false'],
+                              description='Publish robot_description, markers and TF.'),
+        DeclareLaunchArgument('rviz', default_value='false', choices=['true', 'false'],
+                              description='Start RViz with config/vrat.rviz (implies viz).'),
     ]
 
     reference = Node(
@@ -61,4 +68,17 @@ def generate_launch_description():
                     {'clip_file': clip_file, 'mode': LaunchConfiguration('mode'),
                      'use_sim_time': use_sim_time}])
 
-    return LaunchDescription(arguments + [reference, policy, sim])
+    viz = Node(
+        package='vrat_ros', executable='viz_node', name='rat_viz', output='screen',
+        condition=IfCondition(PythonExpression(
+            ["'", LaunchConfiguration('viz'), "' == 'true' or '",
+             LaunchConfiguration('rviz'), "' == 'true'"])),
+        parameters=[PathJoinSubstitution([config_dir, 'viz.yaml']),
+                    {'use_sim_time': use_sim_time}])
+    rviz = Node(
+        package='rviz2', executable='rviz2', name='rviz2', output='screen',
+        condition=IfCondition(LaunchConfiguration('rviz')),
+        arguments=['-d', PathJoinSubstitution([config_dir, 'vrat.rviz'])],
+        parameters=[{'use_sim_time': use_sim_time}])
+
+    return LaunchDescription(arguments + [reference, policy, sim, viz, rviz])

@@ -9,5 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # A new venv's pip 23 and setuptools 65 break editable ament_python installs.
 .venv/bin/python -m pip install -q -U pip 'setuptools>=70.1' wheel
-.venv/bin/python -m pip install -q -e '.[ros,train,test]'
+.venv/bin/python -m pip install -q -e '.[ros,train,viz,test]'
 echo "vrat_ros installed in $(pwd)/.venv"

@@ -55,18 +55,27 @@ def _nodes():
                 files.append(parts[-1].value)
             elif isinstance(item, ast.Dict):
                 keys += [k.value for k in item.keys]
+        arguments = info.get('arguments')
+        for item in getattr(arguments, 'elts', []):
+            if isinstance(item, ast.Call) and _call_name(item) == 'PathJoinSubstitution':
+                files.append(item.args[0].elts[-1].value)
         nodes.append({'executable': info['executable'].value, 'name': info['name'].value,
                       'package': info['package'].value, 'files': files, 'keys': keys})
     return nodes
 
 
-def test_launch_file_starts_the_three_nodes():
-    names = sorted(n['name'] for n in _nodes())
-    assert names == ['policy', 'rat_sim', 'reference']
-    assert {n['package'] for n in _nodes()} == {'vrat_ros'}
+def _own_nodes():
+    return [n for n in _nodes() if n['package'] == 'vrat_ros']
 
 
-@pytest.mark.parametrize('node', _nodes(), ids=lambda n: n['name'])
+def test_launch_file_starts_the_loop_and_the_viz_nodes():
+    names = sorted(n['name'] for n in _own_nodes())
+    assert names == ['policy', 'rat_sim', 'rat_viz', 'reference']
+    others = [(n['package'], n['executable']) for n in _nodes() if n['package'] != 'vrat_ros']
+    assert others == [('rviz2', 'rviz2')]
+
+
+@pytest.mark.parametrize('node', _own_nodes(), ids=lambda n: n['name'])
 def test_executable_is_a_console_script_of_the_package(node):
     scripts = _console_scripts()
     assert node['executable'] in scripts
@@ -74,7 +83,7 @@ def test_executable_is_a_console_script_of_the_package(node):
     assert (ROOT / 'vrat_ros' / f'{module}.py').is_file()
 
 
-@pytest.mark.parametrize('node', _nodes(), ids=lambda n: n['name'])
+@pytest.mark.parametrize('node', _own_nodes(), ids=lambda n: n['name'])
 def test_parameter_files_exist_and_match_the_node(node):
     scripts = _console_scripts()
     source = (ROOT / 'vrat_ros' / (scripts[node['executable']].split('.')[-1] + '.py')).read_text()
@@ -100,7 +109,13 @@ def test_every_launch_configuration_is_declared():
         elif _call_name(call) == 'LaunchConfiguration':
             used.add(_str_arg(call))
     assert used <= declared, f'undeclared launch arguments: {sorted(used - declared)}'
-    assert {'clip_file', 'policy_file', 'mode', 'sim'} <= declared
+    assert {'clip_file', 'policy_file', 'mode', 'sim', 'viz', 'rviz'} <= declared
+
+
+def test_rviz_config_named_by_the_launch_file_exists():
+    rviz = [n for n in _nodes() if n['executable'] == 'rviz2']
+    assert rviz and all((ROOT / 'config' / f).is_file() for f in rviz[0]['files'])
+    assert rviz[0]['files'] == ['vrat.rviz']
 
 
 def test_launch_defaults_point_at_shipped_files():

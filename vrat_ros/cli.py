@@ -41,10 +41,10 @@ def _metrics_subset(metrics: dict) -> dict:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from vrat_ros import rat_constants as rc
     from vrat_ros import resources
     from vrat_ros.clip import Clip
     from vrat_ros.rat_model import RatBody
-    from vrat_ros import rat_constants as rc
     from vrat_ros.tracking import tracking_metrics
 
     clip_path = args.clip or resources.default_clip_path()
@@ -52,32 +52,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
     clip = Clip.load(clip_path)
     try:
         from vrat_ros.loop import run_ros_loop
+        import rclpy  # noqa: F401
     except ImportError as exc:
-        print(f'vrat run needs the ROS 2 Python runtime ({exc}); install it with '
+        print(f'vrat run: needs the ROS 2 Python runtime ({exc}); install it with '
               "pip install 'vrat_ros[ros]' or source a ROS 2 install", file=sys.stderr)
         return 1
 
     body = RatBody(scale=clip.body_scale)
     result = run_ros_loop(clip_path, policy_path, seconds=args.seconds,
                           start_time_s=args.start, body_scale=clip.body_scale,
-                          progress=not args.no_progress)
-    metrics = tracking_metrics(result.sim_qpos, result.ref_qpos, body)
+                          progress=not args.no_progress, namespace=args.namespace,
+                          record_path=args.record)
+    metrics = tracking_metrics(body, result.qpos, result.ref_qpos)
     report = {
         'clip': os.path.abspath(clip_path),
-        'clip_source': clip.meta.get('title', clip.meta.get('source_file', '')),
+        'clip_title': clip.meta.get('title', clip.meta.get('source_file', '')),
         'policy': os.path.abspath(policy_path),
-        'frames': int(result.sim_qpos.shape[0]),
+        'frames': int(result.qpos.shape[0]),
+        'start_time_s': args.start,
         'control_rate_hz': rc.CONTROL_RATE_HZ,
         'sim_seconds': round(float(result.sim_seconds), 6),
         'wall_seconds': round(float(result.wall_seconds), 3),
         'realtime_factor': round(float(result.sim_seconds / max(result.wall_seconds, 1e-9)), 3),
         'tracking': _metrics_subset(metrics),
-        'saturated_commands': int(result.saturation_count),
+        'saturated_actuator_steps': int(result.n_saturated),
         'rejected_commands': int(result.rejected_commands),
+        'sim_halted': bool(result.halted),
         'tracked_threshold': {
             'root_dist_m': rc.TRACK_ROOT_DIST_M,
             'joint_sq_err_rad2': rc.TRACK_JOINT_SQ_ERR_RAD2,
             'torso_z_range_m': list(rc.TRACK_TORSO_Z_RANGE_M),
+            'note': 'tracked_fraction is the share of frames before the first frame that '
+                    'breaks any of these; the error figures average over all frames',
         },
     }
     if not args.no_baselines:
@@ -86,9 +92,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from vrat_ros.rollout import run_inline
         report['baselines'] = {}
         for name, controller in (('zero_torque', ZeroController()), ('pd', PDController())):
-            base = run_inline(body, clip, controller, seconds=args.seconds,
+            base = run_inline(body, clip, controller, seconds=result.sim_seconds,
                               start_time_s=args.start)
             report['baselines'][name] = _metrics_subset(base.metrics)
+    if args.record:
+        report['recording'] = os.path.abspath(args.record)
+    if args.plots:
+        from vrat_ros.plots import write_tracking_plots
+        report['plots'] = write_tracking_plots(
+            args.plots, result.times, result.qpos, result.ref_qpos, body,
+            torques=result.torques, torque_times=result.times[:-1])
     print(json.dumps(report, indent=2))
     if args.report:
         _write_json_atomic(args.report, report)
@@ -121,8 +134,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-baselines', action='store_true',
                    help='Skip the zero-torque and PD baselines.')
     p.add_argument('--no-progress', action='store_true', help='Hide the progress bar.')
+    p.add_argument('--record', metavar='FILE.mcap',
+                   help='Record every topic of the run to an MCAP file (ROS 2 encoding).')
+    p.add_argument('--plots', metavar='DIR',
+                   help='Write PNG plots (joint tracking, body error, saturation) to DIR.')
+    p.add_argument('--namespace', default='/',
+                   help="ROS namespace of the run's nodes and topics (default '/').")
     p.set_defaults(func=_cmd_run)
+
+    # Subcommands that live beside the code they drive.
+    from vrat_ros import render
+    render.add_subcommands(sub)
+    try:
+        from vrat_ros import recorder
+    except ImportError as exc:  # no rclpy: say so when these commands are asked for
+        for name in ('record', 'replay'):
+            p = sub.add_parser(name, help=f'(unavailable: {exc})')
+            p.set_defaults(func=lambda args, why=str(exc): _needs_ros(args, why))
+    else:
+        recorder.add_subcommands(sub)
     return parser
+
+
+def _needs_ros(args: argparse.Namespace, why: str) -> int:
+    print(f'vrat {args.command}: needs the ROS 2 Python runtime ({why}); install it with '
+          "pip install 'vrat_ros[ros]' or source a ROS 2 install", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:

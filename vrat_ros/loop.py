@@ -106,6 +106,8 @@ def run_ros_loop(
     progress: bool = False,
     domain_id: int | None = None,
     stall_timeout_s: float = 30.0,
+    namespace: str | None = None,
+    record_path: str | None = None,
 ) -> RosLoopResult:
     """Run reference, policy and a lockstep sim in this process until the run's end.
 
@@ -124,6 +126,9 @@ def run_ros_loop(
         progress: show a tqdm progress bar.
         domain_id: ROS domain id; None takes ROS_DOMAIN_ID from the environment.
         stall_timeout_s: give up when no new state arrives for this long (wall s).
+        namespace: ROS namespace of the nodes and their topics; None picks a private one.
+            `vrat run` passes '/', so the run can be watched and recorded on plain topics.
+        record_path: also write every topic of the run to this MCAP file (needs `mcap`).
 
     Returns:
         The `RosLoopResult`.
@@ -159,14 +164,17 @@ def run_ros_loop(
     # The nodes, in a context and namespace of their own.
     context = Context()
     rclpy.init(context=context, args=[], domain_id=domain_id)
-    namespace = f'/vrat_loop_{os.getpid()}_{next(_RUN_IDS)}'
+    if namespace is None:
+        namespace = f'/vrat_loop_{os.getpid()}_{next(_RUN_IDS)}'
+    clock_topic = f'{namespace.rstrip("/")}/clock'
     nodes = []
+    mcap = None
 
     def make(cls, **parameters):
         # No parameter services: nobody reconfigures these nodes, and every entity in the
         # executor's wait set costs time on each of the ~10 waits per control step.
         node = cls(context=context, namespace=namespace, start_parameter_services=False,
-                   cli_args=['--ros-args', '-r', f'/clock:={namespace}/clock'],
+                   cli_args=['--ros-args', '-r', f'/clock:={clock_topic}'],
                    parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
         nodes.append(node)
         return node
@@ -184,6 +192,9 @@ def run_ros_loop(
                                           start_parameter_services=False)
         nodes.append(recorder_node)
         recorder = _Recorder(recorder_node, sim.body.hinge_names, sim.body.actuator_names)
+        if record_path is not None:
+            from vrat_ros.recorder import McapRecorder
+            mcap = McapRecorder(recorder_node, record_path, discovery_period_s=0.05)
         executor = SingleThreadedExecutor(context=context)
         for node in nodes:
             executor.add_node(node)
@@ -192,8 +203,10 @@ def run_ros_loop(
             bar = tqdm(total=n_steps, desc='ROS loop', unit='step')
 
         # Start as soon as every link is matched, rather than at the sim's next republish.
-        links = ((sim.joint_state_pub, 2), (sim.odom_pub, 2), (sim.clock_pub, 1),
-                 (reference.joint_pub, 1), (reference.root_pub, 1), (policy.effort_pub, 2))
+        extra = int(mcap is not None)  # the MCAP recorder subscribes to every topic too
+        links = ((sim.joint_state_pub, 2 + extra), (sim.odom_pub, 2 + extra),
+                 (sim.clock_pub, 1 + extra), (reference.joint_pub, 1 + extra),
+                 (reference.root_pub, 1 + extra), (policy.effort_pub, 2 + extra))
         deadline = time.monotonic() + stall_timeout_s
         while ((any(pub.get_subscription_count() < n for pub, n in links)
                 or reference.clock_sub.get_publisher_count() < 1)
@@ -234,6 +247,8 @@ def run_ros_loop(
     finally:
         if bar is not None:
             bar.close()
+        if mcap is not None:
+            mcap.close()
         if executor is not None:
             executor.shutdown()
         for node in nodes:

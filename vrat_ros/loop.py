@@ -241,6 +241,8 @@ def run_ros_loop(
                     f'ROS loop stalled at sim time {sim.time_ns * 1e-9:.3f} s: no new state '
                     f'for {stall_timeout_s} s ({len(recorder.torques)} commands received)')
         wall = time.perf_counter() - start if start is not None else 0.0
+        for _ in range(10 if mcap is not None else 0):  # let the recorder hear the last step
+            executor.spin_once(timeout_sec=0.01)
         n_saturated, rejected, halted = sim.n_saturated, sim.rejected_commands, sim.halted
         if done == 0:
             raise RuntimeError('the sim halted before its initial state was recorded')

@@ -132,7 +132,9 @@ class RatSimNode(Node):
         qos = QoSProfile(depth=10)
         self.joint_state_pub = self.create_publisher(JointState, 'joint_states', qos)
         self.odom_pub = self.create_publisher(Odometry, 'odom', qos)
-        self.clock_pub = (self.create_publisher(ClockMsg, '/clock', qos)
+        # Ten clock messages per control step: a deeper history lets a reliable recorder keep
+        # them all while the executor is busy with the step.
+        self.clock_pub = (self.create_publisher(ClockMsg, '/clock', QoSProfile(depth=100))
                           if self.publish_clock else None)
         self.create_subscription(JointState, EFFORT_TOPIC, self._on_effort, qos)
         self.create_subscription(Float64MultiArray, ARRAY_TOPIC, self._on_array, qos)

@@ -24,8 +24,6 @@ from nav_msgs.msg import Odometry
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange
 from rcl_interfaces.msg import ParameterDescriptor
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
@@ -35,7 +33,7 @@ from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from vrat_ros import rat_constants as rc
 from vrat_ros.clip import quat_slerp
-from vrat_ros.errors import VratError
+from vrat_ros.node_main import spin_node
 from vrat_ros.observation import build_observation
 from vrat_ros.policy import OnnxPolicy
 from vrat_ros.resources import default_policy_path
@@ -369,25 +367,7 @@ class PolicyNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PolicyNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:
-        if node is None and isinstance(exc, (VratError, ValueError)):
-            rclpy.logging.get_logger('policy').error(f'cannot start: {exc}')
-            return 1
-        if rclpy.ok():
-            raise
-        # Ctrl-C shut the context down under a running callback: a normal exit.
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(PolicyNode, 'policy', args)
 
 
 if __name__ == '__main__':

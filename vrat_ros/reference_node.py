@@ -22,8 +22,6 @@ from geometry_msgs.msg import Vector3
 from rcl_interfaces.msg import FloatingPointRange
 from rcl_interfaces.msg import IntegerRange
 from rcl_interfaces.msg import ParameterDescriptor
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
@@ -35,7 +33,7 @@ from trajectory_msgs.msg import MultiDOFJointTrajectoryPoint
 
 from vrat_ros import rat_constants as rc
 from vrat_ros.clip import Clip
-from vrat_ros.errors import VratError
+from vrat_ros.node_main import spin_node
 from vrat_ros.resources import default_clip_path
 from vrat_ros.ros_messages import ns_to_duration
 from vrat_ros.ros_messages import ns_to_time
@@ -186,25 +184,7 @@ class ReferenceNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ReferenceNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:
-        if node is None and isinstance(exc, (VratError, ValueError)):
-            rclpy.logging.get_logger('reference').error(f'cannot start: {exc}')
-            return 1
-        if rclpy.ok():
-            raise
-        # Ctrl-C shut the context down under a running callback: a normal exit.
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(ReferenceNode, 'reference', args)
 
 
 if __name__ == '__main__':

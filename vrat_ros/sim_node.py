@@ -22,10 +22,8 @@ from nav_msgs.msg import Odometry
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange
 from rcl_interfaces.msg import ParameterDescriptor
-import rclpy
 from rclpy.clock import Clock
 from rclpy.clock import ClockType
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
@@ -35,7 +33,7 @@ from std_msgs.msg import Float64MultiArray
 
 from vrat_ros import rat_constants as rc
 from vrat_ros.clip import Clip
-from vrat_ros.errors import VratError
+from vrat_ros.node_main import spin_node
 from vrat_ros.kinematics import quat_to_mat
 from vrat_ros.rat_model import RatBody
 from vrat_ros.ros_messages import ns_to_time
@@ -395,25 +393,7 @@ class RatSimNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = RatSimNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:
-        if node is None and isinstance(exc, (VratError, ValueError)):
-            rclpy.logging.get_logger('rat_sim').error(f'cannot start: {exc}')
-            return 1
-        if rclpy.ok():
-            raise
-        # Ctrl-C shut the context down under a running callback: a normal exit.
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(RatSimNode, 'rat_sim', args)
 
 
 if __name__ == '__main__':

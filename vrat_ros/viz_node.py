@@ -21,8 +21,6 @@ import numpy as np
 import numpy.typing as npt
 from rcl_interfaces.msg import FloatingPointRange
 from rcl_interfaces.msg import ParameterDescriptor
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy
 from rclpy.qos import QoSProfile
@@ -36,7 +34,7 @@ from visualization_msgs.msg import MarkerArray
 
 from vrat_ros import rat_constants as rc
 from vrat_ros import urdf_export
-from vrat_ros.errors import VratError
+from vrat_ros.node_main import spin_node
 from vrat_ros.rat_model import RatBody
 from vrat_ros.ros_messages import quat_msg_to_wxyz
 from vrat_ros.ros_messages import quat_wxyz_to_msg
@@ -343,21 +341,7 @@ class RatVizNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = RatVizNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (VratError, ValueError, OSError) as exc:
-        rclpy.logging.get_logger('rat_viz').error(f'cannot start: {exc}')
-        return 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(RatVizNode, 'rat_viz', args)
 
 
 if __name__ == '__main__':

@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog='vrat', description='Virtual rat tools: body, closed loop, clips and policies.')
     sub = parser.add_subparsers(dest='command', required=True)
 
-    p = sub.add_parser('model', help='Print the body model: sizes, mass, joint and actuator names.')
+    p = sub.add_parser('model',
+                       help='Print the body model: sizes, mass, joint and actuator names.')
     p.add_argument('--json', action='store_true', help='Print the summary as JSON.')
     p.add_argument('--scale', type=float, default=0.9,
                    help='Body length scale (default 0.9, as published fits of real rats).')
@@ -143,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     # Subcommands that live beside the code they drive.
+    from vrat_ros import cli_import
     from vrat_ros import render
+    cli_import.add_subcommands(sub)
     render.add_subcommands(sub)
     try:
         from vrat_ros import recorder

@@ -1,0 +1,416 @@
+"""Marker sets: the shipped keypoint-to-body mappings, body-scale estimation, offset refinement.
+
+A marker set is a YAML file (layout in `keypoint_fit.load_marker_set`) that puts each
+keypoint of a tracking skeleton on one body of the rat at an offset in that body's frame.
+Two are shipped under vrat_ros/data/marker_sets/: `rat23` (the 23-keypoint DANNCE skeleton)
+and `rat7m20` (the 20-marker Rat7M motion-capture set). A user's own set is a YAML file in
+the same layout, passed by path; no code changes are needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from collections.abc import Callable
+from collections.abc import Sequence
+
+import mujoco
+import numpy as np
+import numpy.typing as npt
+import yaml
+
+from vrat_ros import rat_constants as rc
+from vrat_ros import resources
+from vrat_ros.errors import ClipError
+from vrat_ros.keypoint_fit import FitOptions
+from vrat_ros.keypoint_fit import KeypointFitter
+from vrat_ros.keypoint_fit import load_marker_set
+from vrat_ros.keypoint_fit import MarkerSet
+
+# Golden-section ratio for the 1-D scale search.
+_INV_PHI = (np.sqrt(5.0) - 1.0) / 2.0
+
+
+def _progress_callback(progress: bool | Callable[[int, int], None], total: int,
+                       desc: str) -> Callable[[int], None]:
+    """Returns `tick(done)`: a tqdm bar on stderr, the caller's callback, or nothing."""
+    if callable(progress):
+        return lambda done: progress(done, total)
+    if not progress:
+        return lambda done: None
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=desc, unit='step')
+
+    def tick(done: int) -> None:
+        bar.update(max(done - bar.n, 0))
+        if done >= total:
+            bar.close()
+    return tick
+
+
+def shipped_marker_set_names() -> list[str]:
+    """Returns the names of the marker sets shipped inside the package, sorted."""
+    folder = resources.data_path('marker_sets')
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.splitext(f)[0] for f in os.listdir(folder) if f.endswith('.yaml'))
+
+
+def marker_set_path(name_or_path: str | os.PathLike) -> str:
+    """Returns the YAML path for a shipped marker-set name ('rat23') or a user file path.
+
+    Raises:
+        ClipError: it is neither a shipped name nor an existing file.
+    """
+    text = str(name_or_path)
+    if os.path.isfile(text):
+        return text
+    if text in shipped_marker_set_names():
+        return resources.data_path('marker_sets', text + '.yaml')
+    raise ClipError(
+        f"marker set '{text}' is neither a file nor a shipped set: expected a YAML path or "
+        f'one of {shipped_marker_set_names()}')
+
+
+def resolve_marker_set(marker_set: MarkerSet | str | os.PathLike | None,
+                       default: str = 'rat23') -> MarkerSet:
+    """Returns a MarkerSet from an instance, a shipped name, a YAML path, or None (`default`)."""
+    if isinstance(marker_set, MarkerSet):
+        return marker_set
+    return load_marker_set(marker_set_path(default if marker_set is None else marker_set))
+
+
+def best_marker_set_for(names: Sequence[str]) -> str:
+    """Returns the shipped marker set that covers most of `names` (ties: the first, sorted)."""
+    wanted = set(names)
+    best, best_hits = 'rat23', -1
+    for name in shipped_marker_set_names():
+        hits = len(wanted & set(load_marker_set(marker_set_path(name)).keypoint_names))
+        if hits > best_hits:
+            best, best_hits = name, hits
+    return best
+
+
+def _sample_frames(xyz_m: np.ndarray, used: np.ndarray, max_frames: int,
+                   min_present: int) -> np.ndarray:
+    """Returns up to `max_frames` evenly spaced frame indices with enough keypoints present."""
+    present = np.all(np.isfinite(xyz_m[:, used]), axis=2).sum(axis=1)
+    good = np.flatnonzero(present >= min_present)
+    if good.size == 0:
+        raise ClipError(
+            f'no frame has {min_present} or more of the marker-set keypoints present; '
+            'cannot calibrate')
+    pick = np.unique(np.linspace(0, good.size - 1, min(max_frames, good.size)).astype(int))
+    return good[pick]
+
+
+def _solve_frames(fitter: KeypointFitter, xyz_m: np.ndarray, frames: np.ndarray,
+                  qpos_init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fits each frame on its own (cold start, or from `qpos_init`).
+
+    Returns:
+        qpos: (F, nq) poses; residual_mm: (F, K_used) distances, NaN where missing.
+    """
+    opt = fitter.options
+    qpos_all = np.zeros((frames.size, fitter.model.nq))
+    residual = np.full((frames.size, fitter.used.size), np.nan)
+    for i, t in enumerate(frames):
+        target = xyz_m[t, fitter.used]
+        valid = np.all(np.isfinite(target), axis=1)
+        if qpos_init is None:
+            start, iterations = fitter.initial_pose(target, valid), opt.first_frame_iterations
+        else:
+            start, iterations = qpos_init[i], opt.iterations * 5
+        qpos = fitter.solve_frame(target, valid, start, None, iterations)
+        dist = np.linalg.norm(fitter.marker_positions(qpos) - target, axis=1) * 1e3
+        residual[i, valid] = dist[valid]
+        qpos_all[i] = qpos
+    return qpos_all, residual
+
+
+def estimate_body_scale(
+    xyz_m: npt.ArrayLike,
+    names: Sequence[str],
+    marker_set: MarkerSet,
+    max_frames: int = 16,
+    bounds: tuple[float, float] = (0.6, 1.5),
+    tolerance: float = 0.01,
+    options: FitOptions | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+) -> tuple[float, dict[float, float]]:
+    """Finds the body scale at which the marker set fits the keypoints best.
+
+    A golden-section search over the scale: at each candidate the body and the marker
+    offsets are scaled together and up to `max_frames` evenly spaced frames are fitted, each
+    from scratch and from the previous candidate's pose (the better fit counts, which keeps
+    local minima from making the score noisy); the score is the mean over frames of each
+    frame's mean keypoint residual. Deterministic for given inputs.
+
+    Args:
+        xyz_m: (T, K, 3) keypoints in metres; NaN marks a missing keypoint.
+        names: (K,) keypoint names.
+        marker_set: the mapping of keypoints to bodies.
+        max_frames: frames used per candidate scale.
+        bounds: (low, high) scales searched.
+        tolerance: the search stops when the bracket is narrower than this.
+        options: solver settings.
+        progress: True for a progress bar on stderr, or a callback `fn(done, total)` called
+            after each candidate scale.
+
+    Returns:
+        scale: the best scale, rounded to 0.001.
+        scores: {scale: mean residual (mm)} for every scale tried.
+
+    Raises:
+        ClipError: no frame has enough keypoints present.
+    """
+    xyz_m = np.asarray(xyz_m, dtype=np.float64)
+    options = FitOptions() if options is None else options
+    probe = KeypointFitter(marker_set, names, options=options)
+    frames = _sample_frames(xyz_m, probe.used, max_frames,
+                            max(options.min_keypoints, (probe.used.size + 1) // 2))
+    scores: dict[float, float] = {}
+    last: list[np.ndarray] = []
+
+    def score(scale: float) -> float:
+        scale = round(float(scale), 4)
+        if scale not in scores:
+            fitter = KeypointFitter(marker_set, names, scale=scale, options=options)
+            qpos, residual = _solve_frames(fitter, xyz_m, frames)
+            per_frame = np.nanmean(residual, axis=1)
+            if last:  # also start from the previous candidate's poses; keep the better fit
+                warm_qpos, warm_residual = _solve_frames(fitter, xyz_m, frames, last[0])
+                warm = np.nanmean(warm_residual, axis=1)
+                better = warm < per_frame
+                qpos[better], per_frame[better] = warm_qpos[better], warm[better]
+            last[:] = [qpos]
+            scores[scale] = float(np.mean(per_frame))
+            tick(min(len(scores), total))
+        return scores[scale]
+
+    lo, hi = float(bounds[0]), float(bounds[1])
+    # Each bracket step costs one new candidate, plus the first two.
+    total = int(np.ceil(np.log(tolerance / (hi - lo)) / np.log(_INV_PHI))) + 2
+    tick = _progress_callback(progress, total, 'body scale')
+    a, b = hi - _INV_PHI * (hi - lo), lo + _INV_PHI * (hi - lo)
+    while hi - lo > tolerance:
+        if score(a) <= score(b):
+            hi, b = b, a
+            a = hi - _INV_PHI * (hi - lo)
+        else:
+            lo, a = a, b
+            b = lo + _INV_PHI * (hi - lo)
+    tick(total)
+    best = min(scores, key=scores.get)
+    return round(best, 3), scores
+
+
+def refine_marker_offsets(
+    marker_set: MarkerSet,
+    xyz_m: npt.ArrayLike,
+    names: Sequence[str],
+    scale: float = rc.DEFAULT_BODY_SCALE,
+    max_frames: int = 60,
+    rounds: int = 6,
+    prior_frames: float = 10.0,
+    options: FitOptions | None = None,
+) -> tuple[MarkerSet, dict]:
+    """Improves a marker set's offsets on real data by alternating pose and offset fits.
+
+    Each round fits the poses of up to `max_frames` evenly spaced frames (all the marker set's
+    keypoints present where possible) with the current offsets, then sets each offset to the
+    least-squares average of its keypoint seen from its body,
+    `(sum_t R_t^T (x_t - p_t) + prior_frames * o_0) / (n_t + prior_frames)`, which pulls it
+    towards the starting offset `o_0` as if that were `prior_frames` extra observations.
+    The pull keeps the pose/offset trade-off (e.g. neck angle against head-marker height)
+    anchored to the anatomical guess. Deterministic for given inputs.
+
+    Args:
+        marker_set: the starting mapping (its bodies are kept).
+        xyz_m: (T, K, 3) keypoints in metres; NaN marks a missing keypoint.
+        names: (K,) keypoint names.
+        scale: body scale to fit at; the result's `body_scale` is this scale.
+        max_frames: frames used.
+        rounds: pose/offset alternations.
+        prior_frames: strength of the pull towards the starting offsets (frames).
+        options: solver settings.
+
+    Returns:
+        marker_set: a copy with refined offsets (m, at `scale`); keypoints the data lacks keep
+            their starting offsets.
+        stats: frames (indices used), residual_mm_mean per round, offset_change_mm per keypoint.
+    """
+    xyz_m = np.asarray(xyz_m, dtype=np.float64)
+    options = FitOptions() if options is None else options
+    fitter = KeypointFitter(marker_set, names, scale=scale, options=options)
+    try:  # frames with every keypoint present, else frames with at least half of them
+        frames = _sample_frames(xyz_m, fitter.used, max_frames, fitter.used.size)
+    except ClipError:
+        frames = _sample_frames(xyz_m, fitter.used, max_frames,
+                                max(options.min_keypoints, (fitter.used.size + 1) // 2))
+    prior = fitter.marker_offset.copy()
+    qpos, history = None, []
+    for _ in range(rounds):
+        qpos, residual = _solve_frames(fitter, xyz_m, frames, qpos)
+        history.append(float(np.nanmean(residual)))
+        total = prior_frames * prior
+        count = np.full(fitter.used.size, prior_frames)
+        for i, t in enumerate(frames):
+            fitter._forward(qpos[i])
+            rot = fitter.data.xmat[fitter.marker_body].reshape(-1, 3, 3)
+            local = np.einsum('kji,kj->ki', rot, xyz_m[t, fitter.used]
+                              - fitter.data.xpos[fitter.marker_body])
+            seen = np.all(np.isfinite(local), axis=1)
+            total[seen] += local[seen]
+            count[seen] += 1.0
+        fitter.marker_offset = total / count[:, None]
+    _, residual = _solve_frames(fitter, xyz_m, frames, qpos)
+    history.append(float(np.nanmean(residual)))
+
+    offsets = marker_set.offsets_at(scale).copy()
+    index = {n: i for i, n in enumerate(marker_set.keypoint_names)}
+    used_names = [fitter.keypoint_names[i] for i in fitter.used]
+    change = {}
+    for k, name in enumerate(used_names):
+        change[name] = float(np.linalg.norm(fitter.marker_offset[k] - prior[k]) * 1e3)
+        offsets[index[name]] = fitter.marker_offset[k]
+    refined = dataclasses.replace(marker_set, offsets=offsets, body_scale=float(scale))
+    return refined, {'frames': [int(t) for t in frames], 'residual_mm_mean': history,
+                     'offset_change_mm': change}
+
+
+def floor_contact_settings(marker_set: MarkerSet) -> tuple[list[str], float]:
+    """Returns (bodies, weight) of a marker set's optional `floor_contact` entry.
+
+    YAML: `floor_contact: {bodies: [foot_L, toe_L, ...], weight: 0.05}`. Sets without
+    paw keypoints (Rat7M) use it to keep the unobserved paws on the floor instead of
+    letting them hang; weight is mm^2 of cost per mm^2 of height above the floor.
+
+    Raises:
+        ClipError: the entry is malformed.
+    """
+    if not marker_set.source or not os.path.isfile(marker_set.source):
+        return [], 0.0
+    with open(marker_set.source, encoding='utf-8') as f:
+        doc = yaml.safe_load(f)
+    entry = doc.get('floor_contact') if isinstance(doc, dict) else None
+    if entry is None:
+        return [], 0.0
+    try:
+        bodies = [str(b) for b in entry['bodies']]
+        weight = float(entry.get('weight', 0.05))
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise ClipError(f"marker set '{marker_set.source}': floor_contact should be "
+                        f'{{bodies: [<body>, ...], weight: <number>}}: got {entry!r}') from exc
+    if not weight >= 0:
+        raise ClipError(f"marker set '{marker_set.source}': floor_contact weight should be "
+                        f'>= 0: got {weight}')
+    return bodies, weight
+
+
+class FloorContactFitter(KeypointFitter):
+    """A KeypointFitter that also pulls the lowest point of chosen bodies down to the floor.
+
+    The pull is one-sided (the base fitter already pushes geoms out of the floor) and weak:
+    it moves joints no keypoint observes (ankles, toes) and barely disturbs the keypoints.
+    """
+
+    def __init__(self, marker_set: MarkerSet, keypoint_names: Sequence[str],
+                 scale: float = rc.DEFAULT_BODY_SCALE, options: FitOptions | None = None,
+                 contact_bodies: Sequence[str] = (), contact_weight: float = 0.05):
+        """Builds the fitter; `contact_bodies` must be bodies of the rat with collision geoms.
+
+        Raises:
+            ClipError: a contact body is unknown or has no collision geom.
+        """
+        super().__init__(marker_set, keypoint_names, scale=scale, options=options)
+        names = self.body.body_names
+        unknown = [b for b in contact_bodies if b not in names]
+        if unknown:
+            raise ClipError(f"marker set '{marker_set.name}': floor_contact bodies {unknown} "
+                            'are not bodies of the rat')
+        geom_body = self.model.geom_bodyid[self.floor_geoms]
+        self.contact_groups = []
+        for b in contact_bodies:
+            group = np.flatnonzero(geom_body == names.index(b))
+            if group.size == 0:
+                raise ClipError(f"marker set '{marker_set.name}': floor_contact body '{b}' "
+                                'has no collision geom')
+            self.contact_groups.append(group)
+        self.contact_sqrt_w = float(np.sqrt(contact_weight))
+
+    def _contact_points(self) -> list[tuple[int, np.ndarray]]:
+        """Returns (geom row, lowest point) per contact body that floats above the floor."""
+        low = self._floor_points()
+        out = []
+        for group in self.contact_groups:
+            g = group[np.argmin(low[group, 2])]
+            if low[g, 2] > 0.0:
+                out.append((int(g), low[g]))
+        return out
+
+    def _cost(self, qpos, target, valid, qpos_prev):
+        cost = super()._cost(qpos, target, valid, qpos_prev)
+        heights = np.array([p[2] for _, p in self._contact_points()]) * 1e3
+        return cost + self.contact_sqrt_w ** 2 * float(heights @ heights)
+
+    def _linearise(self, qpos, target, valid):
+        r, jac = super()._linearise(qpos, target, valid)
+        m, d = self.model, self.data
+        rows_r, rows_j = [r], [jac]
+        col_scale = self.var_scale * 1e3
+        for g, point in self._contact_points():
+            body = int(m.geom_bodyid[self.floor_geoms[g]])
+            mujoco.mj_jac(m, d, self._jacp, None, point, body)
+            rows_r.append(np.array([point[2] * 1e3 * self.contact_sqrt_w]))
+            rows_j.append(self._jacp[2:3, self.dofs] * col_scale * self.contact_sqrt_w)
+        return np.concatenate(rows_r), np.concatenate(rows_j)
+
+
+def make_fitter(marker_set: MarkerSet, keypoint_names: Sequence[str],
+                scale: float = rc.DEFAULT_BODY_SCALE,
+                options: FitOptions | None = None) -> KeypointFitter:
+    """Returns the fitter for a marker set: with floor contact if its YAML asks for it."""
+    bodies, weight = floor_contact_settings(marker_set)
+    if bodies and weight > 0:
+        return FloorContactFitter(marker_set, keypoint_names, scale=scale, options=options,
+                                  contact_bodies=bodies, contact_weight=weight)
+    return KeypointFitter(marker_set, keypoint_names, scale=scale, options=options)
+
+
+def save_marker_set(marker_set: MarkerSet, path: str, comment: str = '',
+                    floor_contact: tuple[Sequence[str], float] | None = None) -> None:
+    """Writes a marker set as YAML (offsets in mm, 0.1 mm precision) that `load` reads back.
+
+    Args:
+        marker_set: the set to write.
+        path: the YAML file; written atomically.
+        comment: text put at the top of the file as `#` comment lines.
+        floor_contact: (bodies, weight) written as the `floor_contact` entry, if given.
+    """
+    from vrat_ros.clip import atomic_write
+
+    lines = [f'# {line}'.rstrip() for line in comment.strip().splitlines()] if comment else []
+    lines.append(f'# Written by vrat_ros.marker_sets.save_marker_set on '
+                 f'{datetime.date.today().isoformat()}.')
+    lines += ['', f'marker_set: {marker_set.name}',
+              f'body_scale: {float(marker_set.body_scale)}', 'units: mm']
+    if marker_set.heading_keypoints:
+        lines.append('heading_keypoints: [{}, {}]'.format(*marker_set.heading_keypoints))
+    if floor_contact is not None:
+        lines.append('floor_contact: {{bodies: [{}], weight: {:g}}}'.format(
+            ', '.join(floor_contact[0]), floor_contact[1]))
+    lines.append('keypoints:')
+    for k, name in enumerate(marker_set.keypoint_names):
+        x, y, z = (float(v) * 1e3 for v in marker_set.offsets[k])
+        weight = float(marker_set.weights[k])
+        extra = '' if weight == 1.0 else f', weight: {weight:g}'
+        lines.append(f'  {name}: {{body: {marker_set.bodies[k]}, '
+                     f'offset: [{x:.1f}, {y:.1f}, {z:.1f}]{extra}}}')
+    text = '\n'.join(lines) + '\n'
+
+    def write(tmp):
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+    atomic_write(path, write)

@@ -58,11 +58,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "pip install 'vrat_ros[ros]' or source a ROS 2 install", file=sys.stderr)
         return 1
 
+    from vrat_ros.introspection import parse_lesion_specs
+    from vrat_ros.introspection import tracking_change
+    lesions = parse_lesion_specs(args.lesion)
     body = RatBody(scale=clip.body_scale)
     result = run_ros_loop(clip_path, policy_path, seconds=args.seconds,
                           start_time_s=args.start, body_scale=clip.body_scale,
                           progress=not args.no_progress, namespace=args.namespace,
-                          record_path=args.record)
+                          record_path=args.record, activations_path=args.activations,
+                          lesions=lesions or None, lesion_seed=args.lesion_seed)
     metrics = tracking_metrics(body, result.qpos, result.ref_qpos)
     report = {
         'clip': os.path.abspath(clip_path),
@@ -97,6 +101,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             report['baselines'][name] = _metrics_subset(base.metrics)
     if args.record:
         report['recording'] = os.path.abspath(args.record)
+    if args.activations:
+        report['activations'] = os.path.abspath(args.activations)
+    if lesions:  # the effect of the lesion: the same span without it
+        report['lesions'] = result.lesions
+        intact = run_ros_loop(clip_path, policy_path, seconds=args.seconds,
+                              start_time_s=args.start, body_scale=clip.body_scale,
+                              namespace=args.namespace)
+        intact_metrics = _metrics_subset(tracking_metrics(body, intact.qpos, intact.ref_qpos))
+        report['lesion_effect'] = {
+            'intact': intact_metrics,
+            'change': tracking_change(intact_metrics, report['tracking'])}
     if args.plots:
         from vrat_ros.plots import write_tracking_plots
         report['plots'] = write_tracking_plots(
@@ -139,15 +154,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help='Record every topic of the run to an MCAP file (ROS 2 encoding).')
     p.add_argument('--plots', metavar='DIR',
                    help='Write PNG plots (joint tracking, body error, saturation) to DIR.')
+    p.add_argument('--activations', metavar='FILE.h5',
+                   help='Record per control step: time, clip frame, reference window, '
+                        'observation, action, torques and every hidden layer (HDF5, opens '
+                        'with h5py alone).')
+    p.add_argument('--lesion', action='append', metavar='LAYER.FIELD=VALUE',
+                   help="Perturb hidden units while the loop runs, e.g. "
+                        "'hidden_0.silence=0,3,8:16', 'hidden_1.noise=0:64', "
+                        "'hidden_1.noise_std=0.2' (repeatable); the report then compares "
+                        'tracking with an intact run of the same span.')
+    p.add_argument('--lesion-seed', type=int, default=0,
+                   help='Seed of noise lesions (default 0).')
     p.add_argument('--namespace', default='/',
                    help="ROS namespace of the run's nodes and topics (default '/').")
     p.set_defaults(func=_cmd_run)
 
     # Subcommands that live beside the code they drive.
+    from vrat_ros import analysis
     from vrat_ros import cli_import
     from vrat_ros import render
     cli_import.add_subcommands(sub)
     render.add_subcommands(sub)
+    analysis.add_subcommands(sub)
     try:
         from vrat_ros import recorder
     except ImportError as exc:  # no rclpy: say so when these commands are asked for

@@ -3,6 +3,11 @@
 `run_ros_loop` is what `vrat run` uses. Messages go through ROS topics exactly as with three
 processes, but the lockstep sim makes the run deterministic, so its trajectory can be compared
 with the inline rollout (`vrat_ros.rollout`), which needs no ROS.
+
+With `activations_path`, each command's observation, reference window, action and hidden
+activations are taken from the policy node in this process (`PolicyNode.on_step`) and written
+to HDF5 at the end (`vrat_ros.activations`). `lesions` perturb the network's hidden layers
+for the whole run (`vrat_ros.introspection`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class RosLoopResult:
         sim_seconds: simulated time covered (s).
         wall_seconds: wall time from the initial state to the last (s); start-up excluded.
         halted: the sim stopped early because the physics diverged.
+        activations_path: the activation recording written, or None.
+        lesions: the lesions applied, {layer: {field: value}}.
     """
 
     times: np.ndarray
@@ -47,6 +54,8 @@ class RosLoopResult:
     sim_seconds: float
     wall_seconds: float
     halted: bool
+    activations_path: str | None = None
+    lesions: dict = dataclasses.field(default_factory=dict)
 
     @property
     def n_control_steps(self) -> int:
@@ -108,6 +117,10 @@ def run_ros_loop(
     stall_timeout_s: float = 30.0,
     namespace: str | None = None,
     record_path: str | None = None,
+    activations_path: str | None = None,
+    lesions: dict | None = None,
+    lesion_seed: int = 0,
+    publish_activations: bool = False,
 ) -> RosLoopResult:
     """Run reference, policy and a lockstep sim in this process until the run's end.
 
@@ -129,12 +142,19 @@ def run_ros_loop(
         namespace: ROS namespace of the nodes and their topics; None picks a private one.
             `vrat run` passes '/', so the run can be watched and recorded on plain topics.
         record_path: also write every topic of the run to this MCAP file (needs `mcap`).
+        activations_path: also write the policy's per-step inputs, outputs and hidden
+            activations to this HDF5 file (needs h5py); written only if the run succeeds.
+        lesions: perturb hidden layers, {layer: {'silence': [units], 'clamp': [units],
+            'clamp_value': x, 'noise': [units], 'noise_std': s}} (`introspection`).
+        lesion_seed: seed of the noise lesions.
+        publish_activations: the policy node also publishes ~/observation and
+            ~/activations/<layer> on each step.
 
     Returns:
         The `RosLoopResult`.
 
     Raises:
-        ValueError: bad times.
+        ValueError: bad times, or a lesion names an unknown layer, field or unit.
         RuntimeError: the loop stalled.
         VratError: the clip or the policy cannot be loaded.
     """
@@ -143,6 +163,8 @@ def run_ros_loop(
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
+    from vrat_ros.introspection import LayerLesion
+    from vrat_ros.introspection import lesions_to_parameters
     from vrat_ros.policy_node import PolicyNode
     from vrat_ros.reference_node import ReferenceNode
     from vrat_ros.sim_node import RatSimNode
@@ -160,6 +182,14 @@ def run_ros_loop(
         raise ValueError(f'seconds should be positive: got {seconds}')
     n_steps = int(np.floor(seconds * rate_hz + 1e-9))
     period_ns = seconds_to_ns(1.0 / rate_hz)
+    unknown = [layer for layer in (lesions or {}) if layer not in contract['layers']]
+    if unknown:
+        raise ValueError(f"lesions name layers {unknown} that the policy lacks; its layers "
+                         f"are {contract['layers']}")
+    lesion_parameters = lesions_to_parameters(lesions)  # checks fields; the node checks units
+    applied_lesions = {layer: (lesion if isinstance(lesion, LayerLesion)
+                               else LayerLesion.from_dict(lesion)).to_dict()
+                       for layer, lesion in (lesions or {}).items()}
 
     # The nodes, in a context and namespace of their own.
     context = Context()
@@ -187,7 +217,12 @@ def run_ros_loop(
             ReferenceNode, clip_file=clip_path, start_time_s=start_time_s,
             control_rate_hz=rate_hz, window_frames=int(contract['reference']['frames']),
             window_dt_s=float(contract['reference']['dt_s']), use_sim_time=True)
-        policy = make(PolicyNode, policy_file=policy_path, use_sim_time=True)
+        policy = make(PolicyNode, policy_file=policy_path, use_sim_time=True,
+                      publish_activations=publish_activations, lesion_seed=int(lesion_seed),
+                      **lesion_parameters)
+        steps = {}
+        if activations_path is not None:
+            policy.on_step = lambda step: steps.__setitem__(step.stamp_ns, step)
         recorder_node = rclpy.create_node('recorder', context=context, namespace=namespace,
                                           start_parameter_services=False)
         nodes.append(recorder_node)
@@ -264,7 +299,28 @@ def run_ros_loop(
     times = start_time_s + np.array(kept) * 1e-9
     body_clip = clip.reorder_to(sim.body.hinge_names)
     ref_qpos = np.stack([body_clip.sample(t) for t in times])
+    if activations_path is not None:
+        _write_activations(activations_path, steps, kept[:-1], qpos, sim.body.hinge_names,
+                           clip=clip, clip_path=clip_path, policy_path=policy_path,
+                           contract=contract, start_time_s=start_time_s, parameters={
+                               'seconds': seconds, 'start_time_s': start_time_s,
+                               'body_scale': body_scale, 'control_rate_hz': rate_hz,
+                               'n_control_steps': len(kept) - 1, 'halted': bool(halted),
+                               'lesions': applied_lesions, 'lesion_seed': int(lesion_seed)})
     return RosLoopResult(
         times=times, qpos=qpos, ref_qpos=ref_qpos, torques=torques, n_saturated=n_saturated,
         rejected_commands=rejected, sim_seconds=(done - 1) * period_ns * 1e-9,
-        wall_seconds=wall, halted=halted)
+        wall_seconds=wall, halted=halted, activations_path=activations_path,
+        lesions=applied_lesions)
+
+
+def _write_activations(path: str, steps: dict, stamps: list[int], qpos: np.ndarray,
+                       hinge_names: list[str], **kwargs) -> None:
+    """Writes the policy steps of the commands the sim applied (one per state but the last)."""
+    from vrat_ros.activations import write_activations
+    missing = [s for s in stamps if s not in steps]
+    if missing:
+        raise RuntimeError(f'{len(missing)} commands have no recorded policy step, the first '
+                           f'at {missing[0] * 1e-9:.3f} s')
+    write_activations(path, [steps[s] for s in stamps], qpos=qpos[:len(stamps)],
+                      hinge_names=hinge_names, **kwargs)

@@ -9,6 +9,18 @@ Output: policy/effort, sensor_msgs/JointState with the contract's actuator names
 (N m) in `effort`, stamped with the joint state it answers; optionally also
 effort_controller/commands (std_msgs/Float64MultiArray, the contract's actuator order).
 
+Introspection (see `vrat_ros.introspection`):
+  ~/activations/<layer>   std_msgs/Float32MultiArray, one per layer named in the contract, and
+  ~/observation           the observation the network saw, published once per command while
+                          `publish_activations` is true; layout.dim[0].label names the layer.
+                          Off (the default), the network computes the action alone.
+  lesion.<layer>.silence / .clamp / .clamp_value / .noise / .noise_std
+                          virtual lesions, changeable while running (checked, and refused
+                          with a reason when a unit or value is bad);
+  ~/clear_lesions         std_srvs/Trigger that resets every lesion parameter.
+In-process users (the `vrat run` recorder) may set `on_step` to a callable that gets an
+`introspection.PolicyStep` after each command.
+
 One command per joint-state stamp t, computed when joint_states(t), odom(t) and reference
 windows covering t + dt .. t + K dt are all there (whichever comes last triggers it), so a
 lockstep run is deterministic. A joint state repeated with the same stamp (the lockstep sim
@@ -17,6 +29,7 @@ waiting) gets the same command again.
 
 from __future__ import annotations
 
+import array
 import collections
 import sys
 
@@ -24,18 +37,25 @@ from nav_msgs.msg import Odometry
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange
 from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
+from std_msgs.msg import Float32MultiArray
 from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import MultiArrayDimension
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from vrat_ros import rat_constants as rc
 from vrat_ros.clip import quat_slerp
+from vrat_ros.introspection import LesionablePolicy
+from vrat_ros.introspection import normalize_lesions
+from vrat_ros.introspection import PolicyStep
 from vrat_ros.node_main import spin_node
 from vrat_ros.observation import build_observation
-from vrat_ros.policy import OnnxPolicy
 from vrat_ros.resources import default_policy_path
 from vrat_ros.ros_messages import ns_to_time
 from vrat_ros.ros_messages import quat_msg_to_wxyz
@@ -47,6 +67,14 @@ EFFORT_TOPIC = 'policy/effort'
 ARRAY_TOPIC = 'effort_controller/commands'
 _HISTORY = 8          # odometry messages and reference windows kept for matching
 _MAX_LAYOUTS = 16     # cached name orders of incoming messages
+_LESION_PREFIX = 'lesion.'
+_LESION_PARAMETERS = (
+    ('silence', Parameter.Type.INTEGER_ARRAY, 'units forced to 0 (unset or [] for none)'),
+    ('clamp', Parameter.Type.INTEGER_ARRAY, 'units forced to clamp_value'),
+    ('clamp_value', 0.0, 'value of the clamped units'),
+    ('noise', Parameter.Type.INTEGER_ARRAY, 'units that get Gaussian noise on every step'),
+    ('noise_std', 0.0, 'standard deviation of that noise (>= 0)'),
+)
 
 
 def _preview(names, limit: int = 5) -> str:
@@ -113,6 +141,10 @@ class PolicyNode(Node):
         self.declare_parameter('odom_tolerance_s', 0.001, ParameterDescriptor(
             description='Largest stamp difference (s) between joint_states and odom',
             floating_point_range=[tolerance_range], read_only=True))
+        self.declare_parameter('publish_activations', False, ParameterDescriptor(
+            description='Publish ~/observation and ~/activations/<layer> with each command'))
+        self.declare_parameter('lesion_seed', 0, ParameterDescriptor(
+            description='Seed of the noise lesions', read_only=True))
 
         policy_file = self.get_parameter('policy_file').value
         self.publish_array = bool(self.get_parameter('publish_float64_array').value)
@@ -120,8 +152,18 @@ class PolicyNode(Node):
             self.get_parameter('reference_tolerance_s').value)
         self.odom_tolerance_ns = seconds_to_ns(self.get_parameter('odom_tolerance_s').value)
 
+        self.publish_activations = bool(self.get_parameter('publish_activations').value)
+
         # The policy (a bad file or contract raises here, not in a callback).
-        self.policy = OnnxPolicy(policy_file)
+        self.policy = LesionablePolicy(
+            policy_file, seed=int(self.get_parameter('lesion_seed').value))
+        for layer in self.policy.layer_names:
+            for field, default, text in _LESION_PARAMETERS:
+                self.declare_parameter(f'{_LESION_PREFIX}{layer}.{field}', default,
+                                       ParameterDescriptor(description=f'{layer}: {text}'))
+        self.policy.set_lesions(self._lesions_from(self._lesion_values()))  # bad ones raise
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
         self.joint_names = list(self.policy.joint_names)
         self.dt_ns = seconds_to_ns(self.policy.reference_dt)
         offsets = np.arange(1, self.policy.reference_frames + 1, dtype=np.int64)
@@ -139,12 +181,18 @@ class PolicyNode(Node):
         self.commands_resent = 0
         self.inputs_rejected = 0
         self.warnings = collections.Counter()
+        self.on_step = None             # callable(PolicyStep), for in-process recorders
 
         # Publishers and subscriptions.
         qos = QoSProfile(depth=10)
         self.effort_pub = self.create_publisher(JointState, EFFORT_TOPIC, qos)
         self.array_pub = (self.create_publisher(Float64MultiArray, ARRAY_TOPIC, qos)
                           if self.publish_array else None)
+        self.observation_pub = self.create_publisher(Float32MultiArray, '~/observation', qos)
+        self.activation_pubs = {
+            layer: self.create_publisher(Float32MultiArray, f'~/activations/{layer}', qos)
+            for layer in self.policy.layer_names}
+        self.create_service(Trigger, '~/clear_lesions', self._on_clear_lesions)
         self.create_subscription(JointState, 'joint_states', self._on_joint_state, qos)
         self.create_subscription(Odometry, 'odom', self._on_odom, qos)
         self.create_subscription(
@@ -157,7 +205,77 @@ class PolicyNode(Node):
             f'{len(self.policy.actuator_names)} actuators, observation '
             f'{self.policy.observation_size}, {self.policy.reference_frames} reference frames '
             f'{self.dt_ns * 1e-6:g} ms apart, trained at {self.policy.control_rate_hz:g} Hz; '
-            f"commands on {EFFORT_TOPIC}{' and ' + ARRAY_TOPIC if self.publish_array else ''}")
+            f"commands on {EFFORT_TOPIC}{' and ' + ARRAY_TOPIC if self.publish_array else ''}; "
+            f'layers {self.policy.layer_sizes or "none"}'
+            f"{', activations published' if self.publish_activations else ''}"
+            f"{', lesions ' + str(self._lesion_summary()) if self.policy.lesioned else ''}")
+
+    # Lesions and introspection parameters.
+
+    def _lesion_values(self, changes=()) -> dict:
+        """Returns {(layer, field): value} of the lesion parameters, with `changes` applied."""
+        values = {}
+        for layer in self.policy.layer_names:
+            for field, default, _ in _LESION_PARAMETERS:
+                name = f'{_LESION_PREFIX}{layer}.{field}'
+                unset = Parameter(name, Parameter.Type.INTEGER_ARRAY, [])
+                value = self.get_parameter_or(name, unset).value
+                values[(layer, field)] = [] if value is None else value
+        for param in changes:
+            if param.name.startswith(_LESION_PREFIX):
+                layer, _, field = param.name[len(_LESION_PREFIX):].rpartition('.')
+                values[(layer, field)] = [] if param.value is None else param.value
+        return values
+
+    def _lesions_from(self, values: dict) -> dict:
+        fields = {}
+        for (layer, field), value in values.items():
+            if not isinstance(value, (int, float)):
+                value = [int(v) for v in value]
+            fields.setdefault(layer, {})[field] = value
+        return normalize_lesions(fields, self.policy.layer_sizes)
+
+    def _lesion_summary(self) -> dict:
+        return {layer: lesion.to_dict() for layer, lesion in self.policy.lesions.items()}
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        try:
+            self._lesions_from(self._lesion_values(params))
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _after_set_parameters(self, params) -> None:
+        for param in params:
+            if param.name == 'publish_activations':
+                self.publish_activations = bool(param.value)
+        if any(p.name.startswith(_LESION_PREFIX) for p in params):
+            self.policy.set_lesions(self._lesions_from(self._lesion_values()))
+            self.get_logger().info(f'lesions now {self._lesion_summary() or "none"}')
+
+    def _on_clear_lesions(self, request, response):
+        params = []
+        for layer in self.policy.layer_names:
+            for field, default, _ in _LESION_PARAMETERS:
+                name = f'{_LESION_PREFIX}{layer}.{field}'
+                params.append(Parameter(name, default, []) if isinstance(default, Parameter.Type)
+                              else Parameter(name, value=default))
+        result = self.set_parameters_atomically(params) if params else None
+        response.success = result is None or result.successful
+        response.message = (result.reason if not response.success
+                            else f'cleared the lesions of {len(self.policy.layer_names)} layers')
+        return response
+
+    def _publish_step(self, observation: np.ndarray, layers: dict) -> None:
+        outgoing = [('observation', observation, self.observation_pub)]
+        outgoing += [(layer, layers[layer], self.activation_pubs[layer]) for layer in layers]
+        for label, values, pub in outgoing:
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            msg = Float32MultiArray()
+            msg.layout.dim = [MultiArrayDimension(label=label, size=values.size,
+                                                  stride=values.size)]
+            msg.data = array.array('f', values.tobytes())
+            pub.publish(msg)
 
     # Logging helpers.
 
@@ -349,7 +467,12 @@ class PolicyNode(Node):
             return
         obs = build_observation(joint_pos, joint_vel, root_pos, root_quat, linvel, angvel,
                                 ref_root_pos, ref_root_quat, ref_joints)
-        torques = self.policy.torques(obs)
+        layers = None
+        if self.publish_activations or self.on_step is not None:
+            action, layers = self.policy.run(obs, with_layers=True)
+        else:
+            action = self.policy.run(obs)
+        torques = action * self.policy.action_scale
         if not np.all(np.isfinite(torques)):
             self._input_error('the network returned non-finite torques')
             return
@@ -364,6 +487,13 @@ class PolicyNode(Node):
         self.last_stamp_ns = stamp_ns
         self.last_command = msg
         self.commands_published += 1
+        if self.publish_activations:
+            self._publish_step(obs, layers)
+        if self.on_step is not None:
+            self.on_step(PolicyStep(
+                stamp_ns=stamp_ns, observation=obs, action=action, torques=torques,
+                layers=layers, ref_root_pos=ref_root_pos, ref_root_quat=ref_root_quat,
+                ref_joint_pos=ref_joints))
 
 
 def main(args=None) -> int:

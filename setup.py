@@ -18,6 +18,7 @@ NODE_EXECUTABLES = {
     'policy_node': 'vrat_ros.policy_node:main',
     'reference_node': 'vrat_ros.reference_node:main',
     'viz_node': 'vrat_ros.viz_node:main',
+    'safety_node': 'vrat_ros.safety_node:main',
 }
 
 _LAUNCHER = """#!/bin/sh

@@ -8,6 +8,7 @@ Arguments (ros2 launch vrat_ros sim.launch.py --show-args lists them):
   use_sim_time                follow /clock from the sim (true with the sim)
   viz                         start rat_viz: robot_description, body and reference markers, TF
   rviz                        start RViz with config/vrat.rviz (implies viz)
+  safety                      put the safety node between the policy and the sim or driver
 """
 
 from launch import LaunchDescription
@@ -29,6 +30,13 @@ def generate_launch_description():
     clip_file = LaunchConfiguration('clip_file')
     policy_file = LaunchConfiguration('policy_file')
     use_sim_time = ParameterValue(LaunchConfiguration('use_sim_time'), value_type=bool)
+    publish_array = ParameterValue(LaunchConfiguration('publish_float64_array'), value_type=bool)
+    safety_on = LaunchConfiguration('safety')
+
+    def through_safety(topic, checked):
+        # With safety:=true the topic is remapped to the safety node's; otherwise left alone.
+        return (topic, PythonExpression(
+            ["'", checked, "' if '", safety_on, "' == 'true' else '", topic, "'"]))
 
     arguments = [
         DeclareLaunchArgument('clip_file', default_value=default_clip_path(),
@@ -49,6 +57,9 @@ def generate_launch_description():
                               description='Publish robot_description, markers and TF.'),
         DeclareLaunchArgument('rviz', default_value='false', choices=['true', 'false'],
                               description='Start RViz with config/vrat.rviz (implies viz).'),
+        DeclareLaunchArgument('safety', default_value='false', choices=['true', 'false'],
+                              description='Check commands with the safety node on their way '
+                                          'to the sim or driver.'),
     ]
 
     reference = Node(
@@ -57,13 +68,23 @@ def generate_launch_description():
                     {'clip_file': clip_file, 'use_sim_time': use_sim_time}])
     policy = Node(
         package='vrat_ros', executable='policy_node', name='policy', output='screen',
+        remappings=[through_safety('joint_states', 'safety/joint_states'),
+                    through_safety('odom', 'safety/odom')],
         parameters=[PathJoinSubstitution([config_dir, 'policy.yaml']),
                     {'policy_file': policy_file, 'use_sim_time': use_sim_time,
-                     'publish_float64_array': ParameterValue(
-                         LaunchConfiguration('publish_float64_array'), value_type=bool)}])
+                     'publish_float64_array': publish_array}])
+    safety = Node(
+        package='vrat_ros', executable='safety_node', name='safety', output='screen',
+        condition=IfCondition(safety_on),
+        parameters=[PathJoinSubstitution([config_dir, 'safety.yaml']),
+                    {'policy_file': policy_file, 'mode': LaunchConfiguration('mode'),
+                     'use_sim_time': use_sim_time, 'publish_float64_array': publish_array}])
     sim = Node(
         package='vrat_ros', executable='sim_node', name='rat_sim', output='screen',
         condition=IfCondition(LaunchConfiguration('sim')),
+        remappings=[through_safety('policy/effort', 'safety/effort'),
+                    through_safety('effort_controller/commands',
+                                   'safety/effort_controller/commands')],
         parameters=[PathJoinSubstitution([config_dir, 'sim.yaml']),
                     {'clip_file': clip_file, 'mode': LaunchConfiguration('mode'),
                      'use_sim_time': use_sim_time}])
@@ -81,4 +102,4 @@ def generate_launch_description():
         arguments=['-d', PathJoinSubstitution([config_dir, 'vrat.rviz'])],
         parameters=[{'use_sim_time': use_sim_time}])
 
-    return LaunchDescription(arguments + [reference, policy, sim, viz, rviz])
+    return LaunchDescription(arguments + [reference, policy, safety, sim, viz, rviz])

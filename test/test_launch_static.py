@@ -70,7 +70,7 @@ def _own_nodes():
 
 def test_launch_file_starts_the_loop_and_the_viz_nodes():
     names = sorted(n['name'] for n in _own_nodes())
-    assert names == ['policy', 'rat_sim', 'rat_viz', 'reference']
+    assert names == ['policy', 'rat_sim', 'rat_viz', 'reference', 'safety']
     others = [(n['package'], n['executable']) for n in _nodes() if n['package'] != 'vrat_ros']
     assert others == [('rviz2', 'rviz2')]
 
@@ -109,7 +109,7 @@ def test_every_launch_configuration_is_declared():
         elif _call_name(call) == 'LaunchConfiguration':
             used.add(_str_arg(call))
     assert used <= declared, f'undeclared launch arguments: {sorted(used - declared)}'
-    assert {'clip_file', 'policy_file', 'mode', 'sim', 'viz', 'rviz'} <= declared
+    assert {'clip_file', 'policy_file', 'mode', 'sim', 'viz', 'rviz', 'safety'} <= declared
 
 
 def test_rviz_config_named_by_the_launch_file_exists():

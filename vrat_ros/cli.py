@@ -171,11 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands that live beside the code they drive.
     from vrat_ros import analysis
+    from vrat_ros import bench
     from vrat_ros import cli_import
     from vrat_ros import render
     cli_import.add_subcommands(sub)
     render.add_subcommands(sub)
     analysis.add_subcommands(sub)
+    bench.add_subcommands(sub)
     try:
         from vrat_ros import recorder
     except ImportError as exc:  # no rclpy: say so when these commands are asked for

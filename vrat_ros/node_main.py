@@ -32,6 +32,9 @@ def spin_node(make_node: Callable[[], Node], name: str, args=None) -> int:
         if node is None and isinstance(exc, (VratError, ValueError, OSError)):
             rclpy.logging.get_logger(name).error(f'cannot start: {exc}')
             return 1
+        if isinstance(exc, VratError):  # e.g. the driver does not fit the policy's contract
+            rclpy.logging.get_logger(name).error(f'stopped: {exc}')
+            return 1
         if rclpy.ok():
             raise
         # Ctrl-C shut the context down under a running callback (a timer publishing, say):

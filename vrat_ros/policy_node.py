@@ -51,12 +51,15 @@ from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from vrat_ros import rat_constants as rc
 from vrat_ros.clip import quat_slerp
+from vrat_ros.driver_check import command_interfaces
+from vrat_ros.driver_check import DriverCheck
 from vrat_ros.introspection import LesionablePolicy
 from vrat_ros.introspection import normalize_lesions
 from vrat_ros.introspection import PolicyStep
 from vrat_ros.node_main import spin_node
 from vrat_ros.observation import build_observation
 from vrat_ros.resources import default_policy_path
+from vrat_ros.safety import StampOrder
 from vrat_ros.ros_messages import ns_to_time
 from vrat_ros.ros_messages import quat_msg_to_wxyz
 from vrat_ros.ros_messages import seconds_to_ns
@@ -145,6 +148,9 @@ class PolicyNode(Node):
             description='Publish ~/observation and ~/activations/<layer> with each command'))
         self.declare_parameter('lesion_seed', 0, ParameterDescriptor(
             description='Seed of the noise lesions', read_only=True))
+        self.declare_parameter('check_driver', True, ParameterDescriptor(
+            description='Stop when the driver joint names, command interface or rate '
+                        'disagree with the contract (docs/driver_contract.md)', read_only=True))
 
         policy_file = self.get_parameter('policy_file').value
         self.publish_array = bool(self.get_parameter('publish_float64_array').value)
@@ -165,6 +171,9 @@ class PolicyNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
         self.joint_names = list(self.policy.joint_names)
+        self.driver_check = (DriverCheck(self.policy.contract)
+                             if self.get_parameter('check_driver').value else None)
+        self._stamp_order = StampOrder()
         self.dt_ns = seconds_to_ns(self.policy.reference_dt)
         offsets = np.arange(1, self.policy.reference_frames + 1, dtype=np.int64)
         self._target_offsets_ns = offsets * self.dt_ns
@@ -319,11 +328,19 @@ class PolicyNode(Node):
 
     def _on_joint_state(self, msg: JointState) -> None:
         stamp_ns = stamp_to_ns(msg.header.stamp)
+        if self.driver_check is not None and self.driver_check.pending:
+            # Raises DriverMismatchError: the node stops, naming the mismatch.
+            self.driver_check.observe(msg.name, stamp_ns, command_interfaces(self))
+        order = self._stamp_order.check(stamp_ns)
+        if order == 'backwards':
+            self._input_error(f'joint_states stamped {stamp_ns * 1e-9:.6f} s is older than '
+                              f'{self._stamp_order.newest_ns * 1e-9:.6f} s: dropped')
+            return
         if self.last_stamp_ns is not None and stamp_ns == self.last_stamp_ns:
             self.effort_pub.publish(self.last_command)  # the sim is still waiting for it
             self.commands_resent += 1
             return
-        if self.last_stamp_ns is not None and stamp_ns < self.last_stamp_ns:
+        if order == 'restart' and self.last_stamp_ns is not None:
             self.get_logger().warning(
                 f'joint_states went back in time to {stamp_ns * 1e-9:.3f} s (a restarted '
                 'sim?); forgetting odometry and reference windows from later times')

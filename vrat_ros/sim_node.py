@@ -4,7 +4,14 @@ Modes:
   lockstep  the sim advances exactly one control period per accepted command, so a run is
             deterministic however slow the other nodes are. While it waits it republishes
             its state and /clock on a slow wall timer, so late joiners never deadlock.
-  realtime  a wall timer steps the sim at the control rate with the latest valid command.
+  realtime  a wall timer steps the sim at the control rate with the latest valid command;
+            after command_timeout_s (wall) without one, the torque drops to zero until
+            commands resume.
+
+When the physics diverges (MuJoCo's bad qpos/qvel/qacc warnings, after which MuJoCo would
+reset the state by itself, or a non-finite state) the node halts: it logs an error naming the
+joint, publishes no further state and ignores commands. It never resets silently.
+docs/driver_contract.md describes the topics, units and timing a real driver must match.
 
 Sim time starts at 0 s, which is the clip's `start_time_s` when a clip gives the initial state.
 Stamps are sim time, except in realtime mode without /clock, where they are wall time.
@@ -45,8 +52,12 @@ MODES = ('lockstep', 'realtime')
 EFFORT_TOPIC = 'policy/effort'
 ARRAY_TOPIC = 'effort_controller/commands'
 # MuJoCo resets the state by itself after these warnings; we stop instead (see `_diverged`).
-_RESET_WARNINGS = (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQPOS,
-                   mujoco.mjtWarning.mjWARN_BADQVEL)
+# Each one's `lastinfo` is the index of the offending value: a qpos address or a DOF.
+_RESET_WARNINGS = {
+    mujoco.mjtWarning.mjWARN_BADQACC: ('acceleration', 'dof'),
+    mujoco.mjtWarning.mjWARN_BADQPOS: ('position', 'qpos'),
+    mujoco.mjtWarning.mjWARN_BADQVEL: ('velocity', 'dof'),
+}
 
 
 def _names_preview(names, limit: int = 5) -> str:
@@ -85,6 +96,11 @@ class RatSimNode(Node):
         self.declare_parameter('republish_period_s', 0.2, ParameterDescriptor(
             description='Lockstep: wall period (s) of state republishing while waiting',
             read_only=True))
+        self.declare_parameter('command_timeout_s', 0.5, ParameterDescriptor(
+            description='Realtime: wall time (s) without a valid command after which the '
+                        'torque drops to zero until commands resume; 0 holds the last one',
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1e6)],
+            read_only=True))
 
         self.mode = self.get_parameter('mode').value
         rate_hz = float(self.get_parameter('control_rate_hz').value)
@@ -93,6 +109,7 @@ class RatSimNode(Node):
         start_time_s = float(self.get_parameter('start_time_s').value)
         self.publish_clock = bool(self.get_parameter('publish_clock').value)
         republish_s = float(self.get_parameter('republish_period_s').value)
+        self.command_timeout_s = float(self.get_parameter('command_timeout_s').value)
 
         # Validation and the core objects.
         if self.mode not in MODES:
@@ -120,7 +137,11 @@ class RatSimNode(Node):
         self.rejected_commands = 0
         self.stale_commands = 0
         self.halted = False
+        self.halt_reason = ''
+        self.command_timeouts = 0
         self.last_rejection = ''
+        self._last_command_wall = None
+        self._in_timeout = False
         self._lockstep_source = None
         self._last_publish = 0.0
         self._wall_clock = Clock(clock_type=ClockType.SYSTEM_TIME)
@@ -186,6 +207,16 @@ class RatSimNode(Node):
 
     def _reset_warning_counts(self) -> list[int]:
         return [int(self.body.data.warning[w].number) for w in _RESET_WARNINGS]
+
+    def _name_of(self, kind: str, index: int) -> str:
+        m = self.body.model
+        if kind == 'dof':
+            joint = int(m.dof_jntid[index]) if 0 <= index < m.nv else -1
+        else:
+            joint = int(np.searchsorted(m.jnt_qposadr, index, side='right')) - 1
+        if joint < 0:
+            return f'{kind} {index}'
+        return f"{kind} {index}, joint '{mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, joint)}'"
 
     # Time.
 
@@ -262,6 +293,20 @@ class RatSimNode(Node):
             return False
         return True
 
+    def _accept_realtime(self, torque: np.ndarray) -> None:
+        if self._in_timeout:
+            self._in_timeout = False
+            self.get_logger().info('commands resumed after the timeout')
+        self.torque = torque
+        self._last_command_wall = time.monotonic()
+
+    @property
+    def torque_timed_out(self) -> bool:
+        """Realtime: the last valid command is older than command_timeout_s."""
+        return (self.mode == 'realtime' and self.command_timeout_s > 0.0
+                and self._last_command_wall is not None
+                and time.monotonic() - self._last_command_wall > self.command_timeout_s)
+
     def _on_effort(self, msg: JointState) -> None:
         if self._refuse_when_halted():
             return
@@ -269,7 +314,7 @@ class RatSimNode(Node):
         if torque is None:
             return
         if self.mode == 'realtime':
-            self.torque = torque
+            self._accept_realtime(torque)
             return
         if not self._lockstep_accepts(EFFORT_TOPIC):
             return
@@ -291,7 +336,7 @@ class RatSimNode(Node):
         if torque is None:
             return
         if self.mode == 'realtime':
-            self.torque = torque
+            self._accept_realtime(torque)
             return
         if self._lockstep_accepts(ARRAY_TOPIC):
             self.torque = torque
@@ -322,9 +367,11 @@ class RatSimNode(Node):
             problem = self._diverged()
             if problem:
                 self.halted = True
+                self.halt_reason = problem
                 self.get_logger().error(
                     f'physics diverged at sim time {self.time_ns * 1e-9:.3f} s ({problem}); '
-                    'stepping stopped, no further state is published')
+                    'stepping stopped, no further state is published, commands are ignored; '
+                    'restart the node to run again')
                 return False
             if self.clock_pub is not None:
                 self.clock_pub.publish(ClockMsg(clock=ns_to_time(self.time_ns)))
@@ -335,14 +382,32 @@ class RatSimNode(Node):
     def _diverged(self) -> str:
         counts = self._reset_warning_counts()
         if counts != self._warning_counts:
-            return 'MuJoCo flagged unstable simulation and reset the state'
-        if not self.body.state_is_finite():
-            return 'non-finite qpos or qvel'
+            flagged = [(w, label, kind) for (w, (label, kind)), before, now
+                       in zip(_RESET_WARNINGS.items(), self._warning_counts, counts)
+                       if now > before]
+            what = ', '.join(
+                f'{label} at {self._name_of(kind, int(self.body.data.warning[w].lastinfo))}'
+                for w, label, kind in flagged)
+            self._warning_counts = counts
+            return (f'MuJoCo found a NaN, Inf or huge {what} and reset the state; the reset '
+                    'state is not published')
+        data = self.body.data
+        for label, values, kind in (('qpos', data.qpos, 'qpos'), ('qvel', data.qvel, 'dof')):
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                return f'non-finite {label} at {self._name_of(kind, int(bad[0]))}'
         return ''
 
     def _on_step_timer(self) -> None:
         if self.halted:
             return
+        if self.torque_timed_out and not self._in_timeout:
+            self._in_timeout = True
+            self.command_timeouts += 1
+            self.torque = np.zeros(self.body.nu)
+            self.get_logger().warning(
+                f'no valid command for {self.command_timeout_s:g} s: zero torque until '
+                f'commands resume (timeout {self.command_timeouts})')
         start = time.perf_counter()
         self.control_step()
         elapsed = time.perf_counter() - start

@@ -44,7 +44,10 @@ def _launch_command(arguments):
 
 def test_sim_launch_brings_up_the_loop_and_shuts_down_cleanly():
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
-    launch = subprocess.Popen(_launch_command(['mode:=lockstep']), env=env)
+    # Its own process group, so that SIGINT reaches launch and every node as Ctrl-C would:
+    # launch does not forward a SIGINT to its children, it expects them to have had it too.
+    launch = subprocess.Popen(_launch_command(['mode:=lockstep']), env=env,
+                              start_new_session=True)
     context = rclpy.Context()
     rclpy.init(context=context, args=[])
     node = rclpy.create_node('launch_probe', context=context)
@@ -65,7 +68,7 @@ def test_sim_launch_brings_up_the_loop_and_shuts_down_cleanly():
             executor.spin_once(timeout_sec=0.1)
         nodes = set(node.get_node_names())
     finally:
-        launch.send_signal(signal.SIGINT)
+        os.killpg(launch.pid, signal.SIGINT)
         try:
             code = launch.wait(timeout=60)
         except subprocess.TimeoutExpired:

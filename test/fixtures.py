@@ -22,6 +22,27 @@ TINY_INPUT = 'observation'
 TINY_OUTPUT = 'action'
 
 
+def tiny_contract(body: RatBody, joints: list[str], input_name: str, output_name: str,
+                  layers: list[str], control_rate_hz: float, frames: int, dt_s: float) -> dict:
+    """Returns a valid vrat contract for a test policy on `body` reading `joints`."""
+    return {
+        'format_version': CONTRACT_VERSION,
+        'joint_names': joints,
+        'actuator_names': list(body.actuator_names),
+        'command_interface': 'effort',
+        'action_scale': [float(g) for g in body.actuator_gain],
+        'action_clip': [-1.0, 1.0],
+        'control_rate_hz': control_rate_hz,
+        'reference': {'frames': frames, 'dt_s': dt_s},
+        'observation': {'size': observation_size(len(joints), frames),
+                        'layout': observation_layout(len(joints), frames)},
+        'input_name': input_name,
+        'output_name': output_name,
+        'layers': layers,
+        'body': {'name': 'rat', 'scale': body.scale, 'actuators': body.actuator_variant},
+    }
+
+
 def make_tiny_policy(path: str, body: RatBody, seed: int = 0, weight_scale: float = 0.001,
                      frames: int = 5, dt_s: float = 0.02,
                      control_rate_hz: float = 50.0) -> str:
@@ -59,21 +80,8 @@ def make_tiny_policy(path: str, body: RatBody, seed: int = 0, weight_scale: floa
         ])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
     model.ir_version = 9
-    contract = {
-        'format_version': CONTRACT_VERSION,
-        'joint_names': joints,
-        'actuator_names': list(body.actuator_names),
-        'command_interface': 'effort',
-        'action_scale': [float(g) for g in body.actuator_gain],
-        'action_clip': [-1.0, 1.0],
-        'control_rate_hz': control_rate_hz,
-        'reference': {'frames': frames, 'dt_s': dt_s},
-        'observation': {'size': n_obs, 'layout': observation_layout(len(joints), frames)},
-        'input_name': TINY_INPUT,
-        'output_name': TINY_OUTPUT,
-        'layers': [],
-        'body': {'name': 'rat', 'scale': body.scale, 'actuators': body.actuator_variant},
-    }
+    contract = tiny_contract(body, joints, TINY_INPUT, TINY_OUTPUT, [], control_rate_hz,
+                             frames, dt_s)
     helper.set_model_props(model, {CONTRACT_KEY: json.dumps(contract)})
     onnx.checker.check_model(model)
     onnx.save(model, path)

@@ -11,10 +11,10 @@ import json
 
 import numpy as np
 
-from vrat_ros.observation import observation_layout
 from vrat_ros.observation import observation_size
+from fixtures import tiny_contract
+
 from vrat_ros.policy import CONTRACT_KEY
-from vrat_ros.policy import CONTRACT_VERSION
 from vrat_ros.rat_model import RatBody
 
 LAYERED_INPUT = 'observation'
@@ -86,21 +86,8 @@ def make_layered_policy(path: str, body: RatBody, sizes: tuple[int, int] = (24, 
         + [tensor(f'b{i}', b) for i, b in enumerate(biases)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
     model.ir_version = 9
-    contract = {
-        'format_version': CONTRACT_VERSION,
-        'joint_names': joints,
-        'actuator_names': list(body.actuator_names),
-        'command_interface': 'effort',
-        'action_scale': [float(g) for g in body.actuator_gain],
-        'action_clip': [-1.0, 1.0],
-        'control_rate_hz': control_rate_hz,
-        'reference': {'frames': frames, 'dt_s': dt_s},
-        'observation': {'size': n_obs, 'layout': observation_layout(len(joints), frames)},
-        'input_name': LAYERED_INPUT,
-        'output_name': LAYERED_OUTPUT,
-        'layers': list(LAYERS),
-        'body': {'name': 'rat', 'scale': body.scale, 'actuators': body.actuator_variant},
-    }
+    contract = tiny_contract(body, joints, LAYERED_INPUT, LAYERED_OUTPUT, list(LAYERS),
+                             control_rate_hz, frames, dt_s)
     helper.set_model_props(model, {CONTRACT_KEY: json.dumps(contract)})
     onnx.checker.check_model(model)
     onnx.save(model, path)

@@ -6,9 +6,7 @@ gives for the states it published. The same holds with the nodes as separate pro
 installed executables) and, where launch_ros exists, with `sim.launch.py sim:=false`.
 """
 
-import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -139,32 +137,16 @@ def test_policy_refuses_a_driver_that_does_not_fit(ros, tmp_path, tiny_policy_pa
     assert named in nodes.output('policy_node')
 
 
-_RUN_LAUNCH = """
-import sys
-from launch import LaunchDescription, LaunchService
-from launch.actions import IncludeLaunchDescription
-from launch.launch_description_sources import PythonLaunchDescriptionSource
-service = LaunchService()
-service.include_launch_description(LaunchDescription([IncludeLaunchDescription(
-    PythonLaunchDescriptionSource(sys.argv[1]),
-    launch_arguments=[a.split(':=', 1) for a in sys.argv[2:]])]))
-sys.exit(service.run())
-"""
-
-
 def test_launch_without_the_sim_drives_a_stand_in_driver(tiny_policy_path,
                                                          synthetic_clip_path):
     pytest.importorskip('launch_ros', reason='launch_ros is not installed (needs ROS 2)')
     from conftest import RosBed
     arguments = ['sim:=false', f'clip_file:={synthetic_clip_path}',
                  f'policy_file:={tiny_policy_path}']
-    if shutil.which('ros2'):
-        command = ['ros2', 'launch', 'vrat_ros', 'sim.launch.py'] + arguments
-    else:
-        command = [sys.executable, '-c', _RUN_LAUNCH, str(ROOT / 'launch' / 'sim.launch.py')]
-        command += arguments
+    from launch_runner import start_launch
+    from launch_runner import stop_launch
     # The launch puts its nodes at the root namespace: the driver joins them there.
-    launch = subprocess.Popen(command, env=dict(os.environ))
+    launch = start_launch(arguments)
     bed = RosBed()
     try:
         driver = bed.add(StandInDriver(context=bed.context,
@@ -174,12 +156,7 @@ def test_launch_without_the_sim_drives_a_stand_in_driver(tiny_policy_path,
             bed.executor.spin_once(timeout_sec=0.05)
         check_commands(driver, tiny_policy_path)
     finally:
-        launch.send_signal(signal.SIGINT)
-        try:
-            code = launch.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            launch.kill()
-            code = 'killed'
+        code = stop_launch(launch)
         bed.close()
     assert code == 0
 

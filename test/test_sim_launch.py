@@ -2,16 +2,10 @@
 
 The PyPI-only runtime has no launch/launch_ros, so elsewhere this module is skipped with a reason;
 test_launch_static.py checks what the launch file names on every machine. The launch runs in a
-child process (LaunchService insists on its process's main thread), as `ros2 launch` would,
-with the installed package found through the ament index.
+child process (see launch_runner.py), with the installed package found through the ament
+index.
 """
 
-import os
-import pathlib
-import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -22,32 +16,12 @@ pytest.importorskip(
 import rclpy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
-LAUNCH_FILE = pathlib.Path(__file__).resolve().parents[1] / 'launch' / 'sim.launch.py'
-_RUN_LAUNCH = """
-import sys
-from launch import LaunchDescription, LaunchService
-from launch.actions import IncludeLaunchDescription
-from launch.launch_description_sources import PythonLaunchDescriptionSource
-service = LaunchService()
-service.include_launch_description(LaunchDescription([IncludeLaunchDescription(
-    PythonLaunchDescriptionSource(sys.argv[1]),
-    launch_arguments=[a.split(':=', 1) for a in sys.argv[2:]])]))
-sys.exit(service.run())
-"""
-
-
-def _launch_command(arguments):
-    if shutil.which('ros2'):
-        return ['ros2', 'launch', 'vrat_ros', 'sim.launch.py'] + arguments
-    return [sys.executable, '-c', _RUN_LAUNCH, str(LAUNCH_FILE)] + arguments
+from launch_runner import start_launch  # noqa: E402
+from launch_runner import stop_launch  # noqa: E402
 
 
 def test_sim_launch_brings_up_the_loop_and_shuts_down_cleanly():
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
-    # Its own process group, so that SIGINT reaches launch and every node as Ctrl-C would:
-    # launch does not forward a SIGINT to its children, it expects them to have had it too.
-    launch = subprocess.Popen(_launch_command(['mode:=lockstep']), env=env,
-                              start_new_session=True)
+    launch = start_launch(['mode:=lockstep'])
     context = rclpy.Context()
     rclpy.init(context=context, args=[])
     node = rclpy.create_node('launch_probe', context=context)
@@ -68,12 +42,7 @@ def test_sim_launch_brings_up_the_loop_and_shuts_down_cleanly():
             executor.spin_once(timeout_sec=0.1)
         nodes = set(node.get_node_names())
     finally:
-        os.killpg(launch.pid, signal.SIGINT)
-        try:
-            code = launch.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            launch.kill()
-            code = 'killed'
+        code = stop_launch(launch)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown(context=context)

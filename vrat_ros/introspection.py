@@ -427,13 +427,7 @@ class LesionablePolicy(OnnxPolicy):
             inputs[mask_name] = np.asarray(mask, dtype=dtype).reshape(n)
             inputs[offset_name] = np.asarray(offset, dtype=dtype).reshape(n)
         names = self._outputs if with_layers else self._outputs[:1]
-        results = self.lesion_session.run(names, inputs)
-        action = np.clip(np.asarray(results[0], dtype=np.float64).reshape(-1), *self.action_clip)
-        if not with_layers:
-            return action
-        layers = {n: np.asarray(r, dtype=np.float32).reshape(-1)
-                  for n, r in zip(self.layer_names, results[1:])}
-        return action, layers
+        return self._unpack(self.lesion_session.run(names, inputs), with_layers)
 
 
 @dataclasses.dataclass

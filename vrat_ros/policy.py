@@ -162,7 +162,10 @@ class OnnxPolicy:
                 f'{self.observation_size}')
         feed = obs[None, :] if self._batched else obs
         names = self._outputs if with_layers else self._outputs[:1]
-        results = self.session.run(names, {self._input_name: feed})
+        return self._unpack(self.session.run(names, {self._input_name: feed}), with_layers)
+
+    def _unpack(self, results: list, with_layers: bool):
+        """Turns session outputs [action, *layers] into run()'s return value."""
         action = np.clip(np.asarray(results[0], dtype=np.float64).reshape(-1), *self.action_clip)
         if not with_layers:
             return action

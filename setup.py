@@ -119,7 +119,8 @@ setup(
         'viz': ['matplotlib>=3.7', 'imageio>=2.30', 'imageio-ffmpeg>=0.4', 'mcap>=1.1',
                 'mcap-ros2-support>=0.5'],
         # ament_flake8 and ament_pep257 come from a ROS install or from these Kilted wheels.
-        'test': ['pytest>=7', 'ros-ament-flake8', 'ros-ament-pep257', 'yourdfpy>=0.0.56'],
+        'test': ['pytest>=7', 'ros-ament-flake8', 'ros-ament-pep257', 'flake8>=6',
+                 'pydocstyle>=6.3', 'yourdfpy>=0.0.56'],
     },
     zip_safe=False,
     maintainer='vrat_ros developers',

@@ -1,0 +1,183 @@
+"""Tests of data generation, relabelling and training (tiny configurations)."""
+
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from vrat_ros.controllers import observation_from_state
+from vrat_ros.policy import OnnxPolicy
+from vrat_ros.train import batch_observations
+from vrat_ros.train import default_config
+from vrat_ros.train import generate_episodes
+from vrat_ros.train import load_checkpoint
+from vrat_ros.train import make_model
+from vrat_ros.train import numpy_policy
+from vrat_ros.train import relabel
+from vrat_ros.train import train
+
+torch = pytest.importorskip('torch')
+
+DEFAULT_CLIP = (pathlib.Path(__file__).resolve().parents[1]
+                / 'vrat_ros' / 'data' / 'clips' / 'rat23_dannce_1000f.npz')
+
+
+def tiny_config(seed=0, n_workers=1):
+    if not DEFAULT_CLIP.is_file():
+        pytest.skip(f'default clip {DEFAULT_CLIP} is missing')
+    config = default_config(small=True)
+    config['seed'] = seed
+    config['clips'] = [str(DEFAULT_CLIP)]
+    config['data'].update({'n_episodes': 6, 'episode_steps': 40, 'n_workers': n_workers})
+    config['rounds'].update({'count': 1, 'n_episodes': 4, 'steps': 60})
+    config['relabel']['val_fraction'] = 0.2
+    config['model']['hidden'] = [32, 32]
+    config['train'].update({'steps': 80, 'batch_size': 64, 'lr': 3e-3,
+                            'checkpoint_every': 40, 'log_every': 20})
+    config['eval'].update({'every': 40, 'starts_s': [0.0], 'seconds': 0.3})
+    return config
+
+
+def _weights(out_dir, which='latest'):
+    model, ckpt = load_checkpoint(str(pathlib.Path(out_dir) / 'checkpoint.pt'), which=which)
+    return {k: v.clone() for k, v in model.state_dict().items()}, ckpt
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_defaults_have_the_documented_sizes():
+    config = default_config()
+    assert config['model']['hidden'] == [512, 512, 512]
+    assert config['relabel']['frames'] == 5
+    small = default_config(small=True)
+    assert small['train']['steps'] < config['train']['steps']
+
+
+def test_numpy_policy_matches_torch_model():
+    torch.manual_seed(0)
+    model = make_model(346, 38, {'hidden': [16, 8], 'activation': 'elu'})
+    with torch.no_grad():
+        model.obs_std.uniform_(0.5, 2.0)
+        model.act_std.fill_(0.3)
+        model.act_lo.fill_(-0.2)
+    obs = np.random.default_rng(0).standard_normal((5, 346)).astype(np.float32)
+    state = {k: v.numpy().astype(np.float64) for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        expected = model(torch.from_numpy(obs))[0].numpy()
+    np.testing.assert_allclose(numpy_policy(state, 'elu')(obs), expected, atol=1e-5)
+
+
+def test_batch_observations_match_build_observation(rat_body):
+    rng = np.random.default_rng(0)
+    qpos = np.tile(rat_body.default_qpos(), (4, 1))
+    qpos[:, :3] += 0.01 * rng.standard_normal((4, 3))
+    quat = rng.standard_normal((4, 4))
+    qpos[:, 3:7] = quat / np.linalg.norm(quat, axis=1, keepdims=True)
+    qpos[:, 7:] += 0.1 * rng.standard_normal((4, rat_body.nq - 7))
+    qvel = rng.standard_normal((4, rat_body.nv))
+    windows = qpos[:, None, :] + 0.01 * rng.standard_normal((4, 5, rat_body.nq))
+    windows[:, :, 3:7] /= np.linalg.norm(windows[:, :, 3:7], axis=2, keepdims=True)
+    batch = batch_observations(qpos, qvel, windows, rat_body.tracked_hinge_idx)
+    assert batch.shape == (4, 346)
+    for i in range(4):
+        single = observation_from_state(qpos[i], qvel[i], windows[i], rat_body.tracked_hinge_idx)
+        np.testing.assert_allclose(batch[i], single, rtol=1e-6, atol=1e-7)
+
+
+def _assert_same_episodes(one, two):
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+        for key in ('qpos', 'qvel', 'ctrl'):
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_data_do_not_depend_on_worker_count(rat_body):
+    one = generate_episodes(tiny_config(n_workers=1))
+    two = generate_episodes(tiny_config(n_workers=2))
+    assert len(one) == 6
+    _assert_same_episodes(one, two)
+    assert any(len(e['ctrl']) > 5 for e in one)
+    assert all(np.all(np.abs(e['ctrl']) <= 1.0) for e in one)
+
+    # A closed-loop round: a (random) policy collects; still independent of the workers.
+    torch.manual_seed(0)
+    model = make_model(346, rat_body.nu, {'hidden': [16], 'activation': 'elu'})
+    with torch.no_grad():
+        model.act_std.fill_(0.01)
+    state = {k: v.numpy().astype(np.float64) for k, v in model.state_dict().items()}
+    one = generate_episodes(tiny_config(n_workers=1), 1, state)
+    two = generate_episodes(tiny_config(n_workers=2), 1, state)
+    assert len(one) == 4
+    _assert_same_episodes(one, two)
+
+    # Hindsight labels: the first window of an episode is the states reached next.
+    obs, act, eps = relabel(one, tiny_config(), rat_body.tracked_hinge_idx, seed=0)
+    e0 = one[0]
+    expected = observation_from_state(e0['qpos'][0], e0['qvel'][0], e0['qpos'][1:6],
+                                      rat_body.tracked_hinge_idx)
+    np.testing.assert_allclose(obs[0], expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(act[0], e0['ctrl'][0].astype(np.float32))
+    assert eps[0] == 0
+
+
+def test_tiny_training_lowers_loss_and_exports(tmp_path):
+    summary = train(tiny_config(), str(tmp_path / 'run'), progress=False)
+    assert summary['complete']
+    assert summary['final_loss'] < summary['initial_loss']
+    assert summary['best_step'] in (40, 80, 120, 140)
+    assert summary['n_episodes'] == 10
+    policy = OnnxPolicy(summary['policy'])
+    assert policy.contract['training']['steps'] == 140
+    assert policy.contract['training']['clips'][0]['file'] == DEFAULT_CLIP.name
+    assert policy.layer_names == ['hidden_0', 'hidden_1']
+
+
+def test_same_seed_gives_identical_weights(tmp_path):
+    train(tiny_config(), str(tmp_path / 'a'), progress=False, export=False)
+    train(tiny_config(), str(tmp_path / 'b'), progress=False, export=False)
+    a, _ = _weights(tmp_path / 'a')
+    b, _ = _weights(tmp_path / 'b')
+    _assert_same_weights(a, b)
+    train(tiny_config(seed=1), str(tmp_path / 'c'), progress=False, export=False)
+    c, _ = _weights(tmp_path / 'c')
+    assert not torch.equal(a['head.weight'], c['head.weight'])
+
+
+@pytest.mark.parametrize('ema_decay', [None, 0.9], ids=['raw_weights', 'ema_weights'])
+def test_resume_equals_uninterrupted_run(tmp_path, ema_decay):
+    config = tiny_config()
+    config['train']['ema_decay'] = ema_decay
+    full = tmp_path / 'full'
+    train(config, str(full), progress=False, export=False)
+
+    part = tmp_path / 'part'
+    # Round 0's data are reused; round 1's are collected again by the resumed run's policy.
+    shutil.copytree(full, part,
+                    ignore=shutil.ignore_patterns('checkpoint.pt', 'episodes_r1.npz'))
+    # Interrupted inside round 0, then at the round boundary, then inside round 1.
+    for stop in (30, 80, 110):
+        partial = train(config, str(part), resume=True, progress=False,
+                        stop_after_steps=stop, export=False)
+        assert partial['step'] == stop and not partial['complete']
+    second = train(config, str(part), resume=True, progress=False, export=False)
+    assert second['complete'] and second['step'] == 140
+
+    for which in ('latest', 'best'):
+        a, ckpt_a = _weights(full, which)
+        b, ckpt_b = _weights(part, which)
+        _assert_same_weights(a, b)
+    assert ckpt_a['history'] == ckpt_b['history']
+    assert ckpt_a['best']['step'] == ckpt_b['best']['step']
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(tiny_config(), str(tmp_path), progress=False, stop_after_steps=20, export=False)
+    other = tiny_config()
+    other['train']['lr'] = 1e-2
+    with pytest.raises(ValueError, match='train'):
+        train(other, str(tmp_path), resume=True, progress=False)

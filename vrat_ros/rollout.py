@@ -1,0 +1,161 @@
+"""Inline rollouts: a controller drives the simulated rat along a clip, without ROS.
+
+This is the same physics and the same controller code the nodes use, called in one loop,
+so its numbers are the reference the ROS pipeline is compared against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import mujoco
+import numpy as np
+
+from vrat_ros import rat_constants as rc
+from vrat_ros.clip import Clip
+from vrat_ros.controllers import Controller
+from vrat_ros.rat_model import RatBody
+from vrat_ros.tracking import tracking_metrics
+
+
+@dataclasses.dataclass
+class RolloutResult:
+    """What one inline run produced. T counts control steps, including the initial state.
+
+    Attributes:
+        controller: the controller's name.
+        times: (T,) clip times of the recorded states (s).
+        qpos: (T, nq) simulated poses.
+        ref_qpos: (T, nq) reference poses at `times`.
+        torques: (T - 1, nu) torques requested by the controller (N m, before clamping).
+        n_saturated: actuator-steps whose torque was clamped to the force limit.
+        wall_time_s: wall-clock time of the loop (s).
+        n_steps_planned: control steps the run was asked for.
+        diverged: the state became non-finite or MuJoCo flagged unstable accelerations,
+            and the run stopped early.
+        diverged_at_step: index of the control step that diverged, or None.
+        metrics: `tracking_metrics` of qpos against ref_qpos (over n_steps_planned + 1 frames).
+    """
+
+    controller: str
+    times: np.ndarray
+    qpos: np.ndarray
+    ref_qpos: np.ndarray
+    torques: np.ndarray
+    n_saturated: int
+    wall_time_s: float
+    n_steps_planned: int
+    diverged: bool
+    diverged_at_step: int | None
+    metrics: dict
+
+    @property
+    def saturation_fraction(self) -> float:
+        """Share of actuator-steps that were clamped."""
+        return self.n_saturated / max(self.torques.size, 1)
+
+    def summary(self) -> dict:
+        """Returns a JSON-friendly summary (metrics, timing, saturation)."""
+        sim_s = float(self.times[-1] - self.times[0])
+        return {
+            'controller': self.controller,
+            'start_time_s': float(self.times[0]),
+            'sim_time_s': sim_s,
+            'wall_time_s': self.wall_time_s,
+            'real_time_factor': sim_s / self.wall_time_s if self.wall_time_s > 0 else None,
+            'saturation_fraction': self.saturation_fraction,
+            'diverged': self.diverged,
+            'diverged_at_step': self.diverged_at_step,
+            **self.metrics,
+        }
+
+
+def _unstable(data: mujoco.MjData) -> bool:
+    """True when MuJoCo flagged bad accelerations (it then silently resets the state)."""
+    return data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > 0
+
+
+def run_inline(
+    body: RatBody,
+    clip: Clip,
+    controller: Controller,
+    seconds: float | None = None,
+    start_time_s: float = 0.0,
+    control_rate_hz: float = rc.CONTROL_RATE_HZ,
+    progress: bool = False,
+) -> RolloutResult:
+    """Runs `controller` on `body` along `clip` and scores the result.
+
+    The body starts at the clip's state at `start_time_s` (qpos from `clip.sample`, qvel
+    from `clip.velocity`). Each control step asks the controller for torques, applies them
+    (clamped to the force limits) and advances the physics by 1 / control_rate_hz.
+
+    Args:
+        body: the rat; it is reset, and holds the final state afterwards.
+        clip: the reference; its joints must be in the body's hinge order.
+        controller: any `Controller`.
+        seconds: how long to run (s); None runs to the end of the clip.
+        start_time_s: clip time of the first state (s).
+        control_rate_hz: control rate; the physics timestep must divide its period.
+        progress: show a tqdm bar.
+
+    Returns:
+        The `RolloutResult`.
+
+    Raises:
+        ValueError: bad times or rate, or a clip that does not fit the body.
+    """
+    if list(clip.joint_names) != list(body.hinge_names):
+        raise ValueError('clip joints are not in the body hinge order; use clip.reorder_to')
+    if not 0.0 <= start_time_s < clip.duration_s:
+        raise ValueError(
+            f'start_time_s should be in [0, {clip.duration_s:.3f}) s: got {start_time_s}')
+    n_sub = int(round(1.0 / (control_rate_hz * body.timestep)))
+    if n_sub < 1 or abs(n_sub * body.timestep * control_rate_hz - 1.0) > 1e-6:
+        raise ValueError(
+            f'control period 1/{control_rate_hz} Hz is not a multiple of the physics '
+            f'timestep {body.timestep} s')
+    dt = n_sub * body.timestep
+    if seconds is None:
+        seconds = clip.duration_s - start_time_s
+    if not (np.isfinite(seconds) and seconds > 0):
+        raise ValueError(f'seconds should be a positive number: got {seconds}')
+    n_steps = int(np.floor(seconds / dt + 1e-9))
+
+    body.reset(clip.sample(start_time_s), clip.velocity(start_time_s), time=start_time_s)
+    controller.reset(body, clip, start_time_s)
+    qpos = [body.data.qpos.copy()]
+    torques = []
+    n_saturated = 0
+    diverged_at = None
+
+    steps = range(n_steps)
+    if progress:
+        from tqdm import tqdm
+        steps = tqdm(steps, desc=f'{controller.name} rollout', unit='step')
+    start = time.perf_counter()
+    for k in steps:
+        t = start_time_s + k * dt
+        tau = np.asarray(controller.torques(body, t), dtype=np.float64)
+        if not np.all(np.isfinite(tau)):
+            diverged_at = k
+            break
+        torques.append(tau)
+        n_saturated += body.set_ctrl_from_torque(tau)
+        body.step(n_sub)
+        if _unstable(body.data) or not body.state_is_finite():
+            diverged_at = k
+            break
+        qpos.append(body.data.qpos.copy())
+    wall = time.perf_counter() - start
+
+    qpos = np.array(qpos)
+    times = start_time_s + dt * np.arange(len(qpos))
+    ref = np.stack([clip.sample(t) for t in times])
+    metrics = tracking_metrics(body, qpos, ref, n_expected=n_steps + 1)
+    return RolloutResult(
+        controller=controller.name, times=times, qpos=qpos, ref_qpos=ref,
+        torques=np.array(torques).reshape(-1, body.nu), n_saturated=n_saturated,
+        wall_time_s=wall, n_steps_planned=n_steps, diverged=diverged_at is not None,
+        diverged_at_step=diverged_at, metrics=metrics)

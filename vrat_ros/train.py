@@ -1,0 +1,1034 @@
+"""Training the inverse-dynamics policy: rollouts, hindsight relabelling and an MLP fit.
+
+Pipeline (all deterministic for a seed):
+  1. Data, round 0: episodes in which a PD controller with per-actuator action noise
+     tracks smooth random targets built around poses of the training clip(s) (time-warped
+     playback plus low-frequency joint offsets).
+  2. Hindsight relabelling: the states actually reached in the next K control steps form
+     the reference window of each applied action. Extra examples teach the network to
+     deal with accumulated error: windows offset by a constant root heading and horizontal
+     position (no action can undo those within K steps, and the physics does not depend
+     on them, so the label is kept) and by a constant joint-angle error, whose label adds
+     a PD-like correction toward the offset (see `relabel`).
+  3. Model: an MLP on standardised observations predicting standardised actions (MSE),
+     with each action clamped to the range its training labels used.
+  4. Closed-loop rounds: the best policy so far (chosen by tracking the clip(s) in closed
+     loop, not by the loss) collects more episodes on perturbed targets, with action noise;
+     these are relabelled the same way and added to the data, and training goes on. This
+     fills the data with the states the policy itself visits.
+
+Every episode has its own seed derived from the main seed, its round and its index, so the
+data do not depend on how the worker processes share the work. Torch is imported inside
+the functions that need it; the data-generation workers never use it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+
+import mujoco
+import numpy as np
+import numpy.typing as npt
+
+from vrat_ros import rat_constants as rc
+from vrat_ros.clip import atomic_write
+from vrat_ros.clip import Clip
+from vrat_ros.controllers import ActuatorKinematics
+from vrat_ros.controllers import effective_inertia
+from vrat_ros.controllers import observation_from_state
+from vrat_ros.controllers import pd_gains
+from vrat_ros.controllers import PolicyController
+from vrat_ros.kinematics import quat_conj
+from vrat_ros.kinematics import quat_mul
+from vrat_ros.kinematics import quat_to_mat
+from vrat_ros.observation import observation_layout
+from vrat_ros.observation import observation_size
+from vrat_ros.rat_model import RatBody
+from vrat_ros.rollout import run_inline
+
+_LOG = logging.getLogger(__name__)
+
+DEFAULT_CLIP = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), 'data', 'clips', 'rat23_dannce_1000f.npz')
+CHECKPOINT_NAME = 'checkpoint.pt'
+POLICY_NAME = 'policy.onnx'
+SUMMARY_NAME = 'summary.json'
+
+# Frequency at which the action noise is expressed as an equivalent joint-angle error.
+_NOISE_WN_RAD_S = 150.0
+# Episodes stop once the torso is this low: the rat has fallen and the data would be useless.
+_FALLEN_TORSO_Z_M = 0.025
+# Episodes handed to a worker process at a time.
+_CHUNK = 4
+
+
+def default_config(small: bool = False) -> dict:
+    """Returns the training configuration (a JSON-friendly dict).
+
+    Args:
+        small: a quick configuration for CI (well under 2 minutes on 2 cores); the
+            default one takes about 5-10 minutes.
+
+    Returns:
+        {'seed', 'clips', 'body', 'data', 'rounds', 'relabel', 'model', 'train', 'eval'};
+        the comments in the code describe each setting.
+    """
+    config = {
+        'seed': 0,
+        'clips': [DEFAULT_CLIP],          # training clips (.npz, see clip.py)
+        'body': {'scale': rc.DEFAULT_BODY_SCALE},
+        'data': {                         # round 0: PD data collection
+            'n_episodes': 500,
+            'episode_steps': 250,          # control steps per episode (50 Hz)
+            'n_workers': 2,                # processes; the data do not depend on it
+            'speed_range': [0.5, 1.5],     # playback speed of the clip in an episode
+            'reverse_prob': 0.3,           # share of episodes that play the clip backwards
+            'target_noise_rad': 0.2,       # max amplitude of the smooth joint offsets
+            'target_noise_smooth_s': 0.15,  # Gaussian smoothing width of those offsets
+            'init_joint_noise_rad': 0.03,  # start pose perturbation
+            'pd_wn_range': [100.0, 200.0],  # PD natural frequency, drawn per episode
+            'pd_zeta': 0.25,
+            'action_noise_rad': 0.1,       # max per-episode action noise (equivalent rad)
+            'action_noise_corr': 0.7,      # step-to-step correlation of that noise
+        },
+        'rounds': {                       # closed-loop rounds after round 0
+            'count': 1,
+            'n_episodes': 300,
+            'steps': 4000,                 # training steps after each round
+            # Collection settings that differ from 'data' (the policy replaces the PD).
+            'data': {'speed_range': [0.7, 1.3], 'reverse_prob': 0.0,
+                     'target_noise_rad': 0.1, 'action_noise_rad': 0.05},
+        },
+        'relabel': {
+            'frames': rc.REFERENCE_WINDOW_FRAMES,
+            'offset_fraction': 1.0,        # extra examples with an offset window, per example
+            'offset_pos_m': [0.02, 0.02, 0.0],  # std of the root offset (x, y, z)
+            'offset_yaw_rad': 0.1,         # std of the heading offset
+            'offset_joint_rad': 0.2,       # max std of the joint offsets
+            'offset_feedback_wn_rad_s': 225.0,  # PD frequency of the label's correction
+            'val_fraction': 0.05,          # share of each round's episodes held out
+        },
+        'model': {
+            'hidden': [512, 512, 512],
+            'activation': 'elu',
+            'std_floor': 1e-3,             # smallest standard deviation of the normalisers
+            # Clamp each action to the [q, 1 - q] quantiles of its round-0 training labels,
+            # widened by `margin` times that range (None: only [-1, 1]).
+            'action_bound_quantile': 0.0005,
+            'action_bound_margin': 0.25,
+        },
+        'train': {
+            'steps': 4000,                 # round-0 steps; each round adds rounds.steps
+            'batch_size': 256,
+            'lr': 1e-3,
+            'lr_final': 2e-5,              # cosine decay to this within each round
+            'weight_decay': 0.0,
+            'ema_decay': None,             # e.g. 0.999: evaluate an average of the weights
+            'threads': 2,
+            'checkpoint_every': 1000,
+            'log_every': 200,
+        },
+        'eval': {
+            'every': 1000,                 # closed-loop evaluation period (0: end of rounds)
+            'starts_s': [0.0, 5.0, 10.0, 15.0],
+            'seconds': None,               # None: run to the end of the clip
+        },
+    }
+    if small:
+        config['data'].update({'n_episodes': 24, 'episode_steps': 100})
+        config['rounds'].update({'count': 1, 'n_episodes': 8, 'steps': 200})
+        config['model']['hidden'] = [128, 128]
+        config['train'].update({'steps': 400, 'batch_size': 128, 'checkpoint_every': 200,
+                                'log_every': 100})
+        config['eval'].update({'every': 200, 'starts_s': [0.0], 'seconds': 2.0})
+    return config
+
+
+def _config_hash(section) -> str:
+    return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Observations in batches.
+
+
+def batch_observations(
+    qpos: np.ndarray,
+    qvel: np.ndarray,
+    windows: np.ndarray,
+    joint_idx: npt.ArrayLike,
+) -> np.ndarray:
+    """Vectorised `build_observation` for many states at once.
+
+    Args:
+        qpos: (N, nq) states; qvel: (N, nv) velocities (MuJoCo conventions).
+        windows: (N, K, nq) reference poses of the next K control steps.
+        joint_idx: (J,) hinge indices the observation reads.
+
+    Returns:
+        (N, observation_size(J, K)) float32, equal to `build_observation` row by row.
+    """
+    idx = 7 + np.asarray(joint_idx)
+    rot = quat_to_mat(qpos[:, 3:7])                                  # (N, 3, 3) world from root
+    pos_err = np.einsum('nki,nij->nkj', windows[:, :, :3] - qpos[:, None, :3], rot)
+    rel = quat_mul(quat_conj(qpos[:, None, 3:7]), windows[:, :, 3:7])
+    rel = np.where(rel[..., :1] < 0, -rel, rel)
+    joint_err = windows[:, :, idx] - qpos[:, None, idx]
+    per_frame = np.concatenate([pos_err, rel, joint_err], axis=2).reshape(len(qpos), -1)
+    return np.concatenate([
+        qpos[:, 2:3],
+        -rot[:, 2, :],                                               # R^T (0, 0, -1)
+        qpos[:, idx],
+        qvel[:, 6 + np.asarray(joint_idx)],
+        np.einsum('nij,ni->nj', rot, qvel[:, :3]),                   # R^T v
+        qvel[:, 3:6],
+        per_frame,
+    ], axis=1).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# A numpy copy of the network, for the data-collection workers.
+
+
+def numpy_policy(state: dict, activation: str):
+    """Returns f(obs (N, D)) -> actions (N, nu) computing the model of `state` in numpy.
+
+    Args:
+        state: the model's state dict as numpy arrays.
+        activation: the model's activation name.
+    """
+    n_hidden = len([k for k in state if k.startswith('hidden.') and k.endswith('.weight')])
+    layers = [(state[f'hidden.{i}.weight'], state[f'hidden.{i}.bias']) for i in range(n_hidden)]
+    acts = {'elu': lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+            'relu': lambda x: np.maximum(x, 0.0), 'tanh': np.tanh,
+            'silu': lambda x: x / (1.0 + np.exp(-x))}
+    act = acts[activation]
+
+    def forward(obs: np.ndarray) -> np.ndarray:
+        x = (obs - state['obs_mean']) / state['obs_std']
+        for w, b in layers:
+            x = act(x @ w.T + b)
+        y = (x @ state['head.weight'].T + state['head.bias']) * state['act_std']
+        return np.clip(y + state['act_mean'], state['act_lo'], state['act_hi'])
+    return forward
+
+
+# ---------------------------------------------------------------------------------------------
+# Data generation.
+
+
+def _reflect(t: np.ndarray, duration: float) -> np.ndarray:
+    """Folds times into [0, duration] by bouncing off both ends (ping-pong playback)."""
+    period = 2.0 * duration
+    t = np.mod(t, period)
+    return np.where(t > duration, period - t, t)
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, width: int,
+                  sigma_steps: float) -> np.ndarray:
+    """Returns (n, width) low-pass Gaussian noise with unit standard deviation per column."""
+    from scipy.ndimage import gaussian_filter1d
+    pad = int(4 * sigma_steps) + 1
+    white = rng.standard_normal((n + 2 * pad, width))
+    smooth = gaussian_filter1d(white, sigma_steps, axis=0, mode='wrap')[pad:pad + n]
+    radius = int(4.0 * sigma_steps + 0.5)
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (x / sigma_steps) ** 2)
+    kernel /= kernel.sum()
+    return smooth / np.sqrt(np.sum(kernel ** 2))
+
+
+class _EpisodeGenerator:
+    """Runs data-collection episodes on one body; one instance per worker process."""
+
+    def __init__(self, clips: list[Clip], scale: float, frames: int,
+                 policy_state: dict | None = None, activation: str = 'elu'):
+        self.body = RatBody(scale=scale)
+        self.clips = clips
+        self.frames = frames
+        pose = clips[0].qpos[0]
+        self.kin = ActuatorKinematics(self.body, pose)
+        self.inertia_over_f = effective_inertia(self.body, pose) / self.body.actuator_gain
+        self.n_sub = int(round(1.0 / (rc.CONTROL_RATE_HZ * self.body.timestep)))
+        self.dt = self.n_sub * self.body.timestep
+        ranges = self.body.model.jnt_range[1:]
+        self.lo, self.hi = ranges[:, 0], ranges[:, 1]
+        self.policy = None if policy_state is None else numpy_policy(policy_state, activation)
+
+    def run(self, rng: np.random.Generator, cfg: dict) -> dict:
+        """Runs one episode; returns {'qpos': (T+1, nq), 'qvel': (T+1, nv), 'ctrl': (T, nu)}.
+
+        The controller is the policy when the generator has one, else a PD with a gain
+        drawn from cfg['pd_wn_range']; both get correlated per-actuator action noise.
+        """
+        body, dt, k = self.body, self.dt, self.frames
+        n_steps = int(cfg['episode_steps'])
+        clip = self.clips[int(rng.integers(len(self.clips)))]
+
+        # Target: time-warped playback of the clip plus smooth joint offsets.
+        speed = rng.uniform(*cfg['speed_range'])
+        if rng.random() < cfg['reverse_prob']:
+            speed = -speed
+        t0 = rng.uniform(0.0, clip.duration_s)
+        taus = _reflect(t0 + speed * dt * np.arange(n_steps + k + 1), clip.duration_s)
+        target = np.stack([clip.sample(t) for t in taus])
+        n_hinge = target.shape[1] - 7
+        amp = np.minimum(rng.uniform(0.0, cfg['target_noise_rad']), 0.25 * (self.hi - self.lo))
+        sigma_steps = max(cfg['target_noise_smooth_s'] / dt, 0.5)
+        offsets = amp * _smooth_noise(rng, len(taus), n_hinge, sigma_steps)
+        target[:, 7:] = np.clip(target[:, 7:] + offsets, self.lo, self.hi)
+        target_vel = np.gradient(target[:, 7:], dt, axis=0)
+
+        # Start near the clip's state, slightly perturbed.
+        qpos = clip.sample(taus[0])
+        qpos[7:] = np.clip(
+            qpos[7:] + cfg['init_joint_noise_rad'] * rng.standard_normal(n_hinge),
+            self.lo, self.hi)
+        body.reset(qpos, clip.velocity(taus[0]) * speed)
+
+        wn = rng.uniform(*cfg['pd_wn_range'])
+        kp = wn ** 2 * self.inertia_over_f
+        kd = 2.0 * cfg['pd_zeta'] * wn * self.inertia_over_f
+        noise_gain = _NOISE_WN_RAD_S ** 2 * self.inertia_over_f
+        noise_std = rng.uniform(0.0, cfg['action_noise_rad'])
+        rho = cfg['action_noise_corr']
+        noise = noise_std * rng.standard_normal(body.nu)
+
+        states_q, states_v, ctrls = [body.data.qpos.copy()], [body.data.qvel.copy()], []
+        for step in range(n_steps):
+            q, v = body.data.qpos, body.data.qvel
+            if self.policy is not None:
+                obs = observation_from_state(q, v, target[step + 1:step + 1 + k],
+                                             body.tracked_hinge_idx)
+                ctrl = self.policy(obs[None, :].astype(np.float64))[0]
+            else:
+                ctrl = (kp * (self.kin.matrix @ (target[step + 1, 7:] - q[7:]))
+                        + kd * (self.kin.matrix @ (target_vel[step + 1] - v[6:])))
+            ctrl = np.clip(ctrl + noise_gain * noise, -1.0, 1.0)
+            noise = rho * noise + np.sqrt(1.0 - rho ** 2) * noise_std * rng.standard_normal(
+                body.nu)
+            body.data.ctrl[:] = ctrl
+            body.step(self.n_sub)
+            if (body.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > 0
+                    or not body.state_is_finite()):
+                break
+            states_q.append(body.data.qpos.copy())
+            states_v.append(body.data.qvel.copy())
+            ctrls.append(ctrl)
+            if body.data.xpos[body.torso_id, 2] < _FALLEN_TORSO_Z_M:
+                break
+        return {'qpos': np.array(states_q), 'qvel': np.array(states_v),
+                'ctrl': np.array(ctrls).reshape(-1, body.nu)}
+
+
+_WORKER_GENERATOR = None
+
+
+def _init_worker(clip_paths: list[str], hinge_names: list[str], scale: float, frames: int,
+                 policy_state: dict | None, activation: str) -> None:
+    global _WORKER_GENERATOR
+    clips = [Clip.load(p).reorder_to(hinge_names) for p in clip_paths]
+    _WORKER_GENERATOR = _EpisodeGenerator(clips, scale, frames, policy_state, activation)
+
+
+def _run_task(task: tuple) -> list[dict]:
+    cfg, seed, round_index, indices = task
+    return [_WORKER_GENERATOR.run(np.random.default_rng([seed, 1, round_index, int(i)]), cfg)
+            for i in indices]
+
+
+def round_settings(config: dict, round_index: int) -> dict:
+    """Returns the collection settings of a round (round 0 is config['data'])."""
+    cfg = dict(config['data'])
+    if round_index > 0:
+        cfg.update(config['rounds']['data'])
+        cfg['n_episodes'] = config['rounds']['n_episodes']
+    return cfg
+
+
+def generate_episodes(config: dict, round_index: int = 0, policy_state: dict | None = None,
+                      progress: bool = False) -> list[dict]:
+    """Generates one round of data-collection episodes (deterministic for the seed).
+
+    Episode i of round r always uses the random stream derived from (seed, r, i), whichever
+    worker runs it, and the list comes back in index order.
+
+    Args:
+        config: the training configuration.
+        round_index: 0 for the PD round, r > 0 for the closed-loop rounds.
+        policy_state: the collecting policy's state dict as numpy arrays (rounds > 0).
+        progress: show a tqdm bar.
+
+    Returns:
+        A list of {'qpos': (T_i + 1, nq), 'qvel': (T_i + 1, nv), 'ctrl': (T_i, nu)}.
+    """
+    cfg = round_settings(config, round_index)
+    n_episodes = int(cfg['n_episodes'])
+    n_workers = max(1, min(int(cfg['n_workers']), n_episodes))
+    scale = config['body']['scale']
+    init_args = (list(config['clips']), RatBody(scale=scale).hinge_names, scale,
+                 int(config['relabel']['frames']), policy_state,
+                 config['model']['activation'])
+    tasks = [(cfg, int(config['seed']), round_index,
+              list(range(i, min(i + _CHUNK, n_episodes))))
+             for i in range(0, n_episodes, _CHUNK)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n_episodes, desc=f'round {round_index} episodes', unit='ep')
+    episodes = []
+    if n_workers == 1:
+        _init_worker(*init_args)
+        results = map(_run_task, tasks)
+        pool = None
+    else:
+        # fork needs no importable __main__ and starts fast; the workers never touch torch.
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context('fork' if 'fork' in methods else 'spawn')
+        pool = ctx.Pool(n_workers, initializer=_init_worker, initargs=init_args)
+        results = pool.imap(_run_task, tasks)
+    try:
+        for result in results:
+            episodes += result
+            if bar is not None:
+                bar.update(len(result))
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        if bar is not None:
+            bar.close()
+    return episodes
+
+
+def _save_episodes(path: str, episodes: list[dict], data_hash: str) -> None:
+    lengths = np.array([len(e['ctrl']) for e in episodes])
+
+    def write(tmp):
+        with open(tmp, 'wb') as f:
+            np.savez(f, lengths=lengths, data_hash=np.array(data_hash),
+                     qpos=np.concatenate([e['qpos'] for e in episodes]),
+                     qvel=np.concatenate([e['qvel'] for e in episodes]),
+                     ctrl=np.concatenate([e['ctrl'] for e in episodes]))
+    atomic_write(path, write)
+
+
+def _load_episodes(path: str, data_hash: str) -> list[dict] | None:
+    if not os.path.isfile(path):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if str(z['data_hash']) != data_hash:
+            return None
+        lengths, qpos, qvel, ctrl = z['lengths'], z['qpos'], z['qvel'], z['ctrl']
+    episodes, s, a = [], 0, 0
+    for n in lengths:
+        episodes.append({'qpos': qpos[s:s + n + 1], 'qvel': qvel[s:s + n + 1],
+                         'ctrl': ctrl[a:a + n]})
+        s += n + 1
+        a += n
+    return episodes
+
+
+# ---------------------------------------------------------------------------------------------
+# Hindsight relabelling.
+
+
+def _yaw_quat(yaw: np.ndarray) -> np.ndarray:
+    half = 0.5 * np.asarray(yaw)
+    return np.stack([np.cos(half), np.zeros_like(half), np.zeros_like(half), np.sin(half)], -1)
+
+
+def joint_feedback_gains(body: RatBody, qpos: npt.ArrayLike, wn_rad_s: float) -> np.ndarray:
+    """Returns (nu, J) ctrl per rad of error on the observed joints: kp A, as in the PD."""
+    kp, _ = pd_gains(body, qpos, wn_rad_s, 0.0)
+    trans = ActuatorKinematics(body, qpos).matrix[:, np.asarray(body.tracked_hinge_idx)]
+    return kp[:, None] * trans
+
+
+def relabel(
+    episodes: list[dict],
+    config: dict,
+    joint_idx: npt.ArrayLike,
+    seed: int,
+    joint_feedback: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Turns episodes into (observation, action) examples by hindsight relabelling.
+
+    Two kinds of examples come out:
+      * hindsight: the state at step t, the states reached at t+1 .. t+K, the action taken;
+      * offset: a hindsight window shifted by a constant root offset (horizontal position
+        and heading, which leave the physics unchanged, so the label is kept) and a
+        constant joint-angle offset d, whose label adds `joint_feedback @ d` (clipped to
+        [-1, 1]): the part of the window that was not reached is answered with a PD-like
+        correction, as accumulated tracking error must be.
+
+    Args:
+        episodes: output of `generate_episodes`.
+        config: the full training configuration (uses its 'relabel' section).
+        joint_idx: (J,) hinge indices the observation reads.
+        seed: seed of the augmentation draws.
+        joint_feedback: (nu, J) ctrl per rad of constant joint offset; None leaves the
+            joint offsets out.
+
+    Returns:
+        obs (N, obs_size) float32, actions (N, nu) float32 in [-1, 1] and episode (N,)
+        int32, the index of each example's episode.
+    """
+    cfg = config['relabel']
+    k = int(cfg['frames'])
+    idx = 7 + np.asarray(joint_idx)
+    rng = np.random.default_rng([seed, 2])
+    obs, act, eps = [], [], []
+    for e, ep in enumerate(episodes):
+        q, v, a = ep['qpos'], ep['qvel'], ep['ctrl']
+        n = len(a) - k + 1  # steps t whose states t+1 .. t+k exist
+        if n <= 0:
+            continue
+        t = np.arange(n)
+        windows = [q[t[:, None] + 1 + np.arange(k)[None, :]]]
+        states = [t]
+        labels = [a[t]]
+
+        n_off = int(round(cfg['offset_fraction'] * n))
+        if n_off > 0:
+            start = rng.integers(0, n, n_off)
+            w = q[start[:, None] + 1 + np.arange(k)[None, :]].copy()
+            w[:, :, :3] += rng.standard_normal((n_off, 1, 3)) * np.asarray(cfg['offset_pos_m'])
+            yaw = _yaw_quat(cfg['offset_yaw_rad'] * rng.standard_normal(n_off))
+            w[:, :, 3:7] = quat_mul(yaw[:, None, :], w[:, :, 3:7])
+            label = a[start].copy()
+            if joint_feedback is not None and cfg['offset_joint_rad'] > 0:
+                scale = cfg['offset_joint_rad'] * rng.uniform(0.0, 1.0, (n_off, 1))
+                offset = scale * rng.standard_normal((n_off, len(idx)))
+                w[:, :, idx] += offset[:, None, :]
+                label = np.clip(label + offset @ joint_feedback.T, -1.0, 1.0)
+            windows.append(w)
+            states.append(start)
+            labels.append(label)
+
+        windows = np.concatenate(windows)
+        states = np.concatenate(states)
+        obs.append(batch_observations(q[states], v[states], windows, joint_idx))
+        act.append(np.concatenate(labels).astype(np.float32))
+        eps.append(np.full(len(states), e, dtype=np.int32))
+    if not obs:
+        raise ValueError(f'no episode is longer than the {k}-frame reference window')
+    return np.concatenate(obs), np.concatenate(act), np.concatenate(eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model.
+
+
+def _activation(name: str):
+    import torch
+    table = {'elu': torch.nn.ELU, 'relu': torch.nn.ReLU, 'tanh': torch.nn.Tanh,
+             'silu': torch.nn.SiLU}
+    if name not in table:
+        raise ValueError(f"activation should be one of {sorted(table)}: got '{name}'")
+    return table[name]()
+
+
+def make_model(obs_size: int, act_size: int, model_cfg: dict):
+    """Builds the `InverseDynamicsMLP` described by `model_cfg` (normalisers at identity)."""
+    import torch
+
+    class InverseDynamicsMLP(torch.nn.Module):
+        """MLP with its normalisers and action bounds stored as buffers.
+
+        action = clamp(act_mean + act_std * mlp((obs - obs_mean) / obs_std), act_lo, act_hi)
+        where [act_lo, act_hi] (within [-1, 1]) is the range each actuator's training labels
+        used: the network never asks for more than the data showed. That matters most for
+        the 20 N m spine motors, whose labels stay within a few percent of their range.
+        forward(obs) takes raw observations (B, obs_size) and returns the action
+        (B, act_size) and the list of hidden activations.
+        """
+
+        def __init__(self):
+            super().__init__()
+            sizes = [obs_size] + list(model_cfg['hidden'])
+            self.hidden = torch.nn.ModuleList(
+                torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+            self.act = _activation(model_cfg['activation'])
+            self.head = torch.nn.Linear(sizes[-1], act_size)
+            self.register_buffer('obs_mean', torch.zeros(obs_size))
+            self.register_buffer('obs_std', torch.ones(obs_size))
+            self.register_buffer('act_mean', torch.zeros(act_size))
+            self.register_buffer('act_std', torch.ones(act_size))
+            self.register_buffer('act_lo', -torch.ones(act_size))
+            self.register_buffer('act_hi', torch.ones(act_size))
+
+        def forward_normalised(self, x):
+            hiddens = []
+            for layer in self.hidden:
+                x = self.act(layer(x))
+                hiddens.append(x)
+            return self.head(x), hiddens
+
+        def forward(self, obs):
+            y, hiddens = self.forward_normalised((obs - self.obs_mean) / self.obs_std)
+            action = y * self.act_std + self.act_mean
+            action = torch.minimum(torch.maximum(action, self.act_lo), self.act_hi)
+            return action, hiddens
+
+    return InverseDynamicsMLP()
+
+
+class TorchPolicy:
+    """Adapter that lets `PolicyController` run a torch model in-process (for evaluation)."""
+
+    def __init__(self, model, interface: dict):
+        import torch
+        self._torch = torch
+        self.model = model
+        self.joint_names = list(interface['joint_names'])
+        self.actuator_names = list(interface['actuator_names'])
+        self.action_scale = np.asarray(interface['action_scale'], dtype=np.float64)
+        self.reference_frames = int(interface['reference']['frames'])
+        self.reference_dt = float(interface['reference']['dt_s'])
+        self.observation_size = observation_size(len(self.joint_names), self.reference_frames)
+
+    def run(self, observation: npt.ArrayLike) -> np.ndarray:
+        """Returns the (nu,) action for one raw observation."""
+        with self._torch.no_grad():
+            x = self._torch.as_tensor(np.asarray(observation, dtype=np.float32)[None, :])
+            return self.model(x)[0].numpy()[0].astype(np.float64)
+
+    def torques(self, observation: npt.ArrayLike) -> np.ndarray:
+        """Returns (nu,) torques (N m) for one raw observation."""
+        return self.run(observation) * self.action_scale
+
+
+def policy_interface(body: RatBody, frames: int = rc.REFERENCE_WINDOW_FRAMES) -> dict:
+    """Returns the body-facing part of the policy contract for `body`."""
+    joint_names = [body.hinge_names[i] for i in body.tracked_hinge_idx]
+    return {
+        'joint_names': joint_names,
+        'actuator_names': list(body.actuator_names),
+        'command_interface': rc.COMMAND_INTERFACE,
+        'action_scale': [float(g) for g in body.actuator_gain],
+        'action_clip': [-1.0, 1.0],
+        'control_rate_hz': float(rc.CONTROL_RATE_HZ),
+        'reference': {'frames': int(frames), 'dt_s': 1.0 / rc.CONTROL_RATE_HZ},
+        'observation': {'size': observation_size(len(joint_names), frames),
+                        'layout': observation_layout(len(joint_names), frames)},
+        'body': {'name': 'rat', 'scale': float(body.scale),
+                 'actuators': body.actuator_variant},
+    }
+
+
+def load_checkpoint(path: str, which: str = 'best'):
+    """Loads a training checkpoint.
+
+    Args:
+        path: checkpoint file written by `train`.
+        which: 'best' (the weights chosen by closed-loop evaluation, or the latest ones
+            when there was no evaluation) or 'latest'.
+
+    Returns:
+        (model in eval mode, checkpoint dict).
+    """
+    import torch
+    if which not in ('best', 'latest'):
+        raise ValueError(f"which should be 'best' or 'latest': got '{which}'")
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    interface = ckpt['interface']
+    model = make_model(int(interface['observation']['size']),
+                       len(interface['actuator_names']), ckpt['config']['model'])
+    state = ckpt['model']
+    if which == 'best' and ckpt.get('best') is not None:
+        state = ckpt['best']['model']
+    model.load_state_dict(state)
+    model.eval()
+    return model, ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed-loop evaluation.
+
+
+def evaluate_policy(policy, body: RatBody, clips: list[Clip], eval_cfg: dict) -> dict:
+    """Runs `policy` on each clip from each start time and summarises the tracking.
+
+    Returns:
+        {'score': lower is better, 'runs': [metrics per run], and the means of
+        joint_rmse_rad, body_pos_error_mm, root_pos_error_mm and tracked_fraction}.
+    """
+    runs = []
+    for c, clip in enumerate(clips):
+        for start in eval_cfg['starts_s']:
+            if start >= clip.duration_s:
+                continue
+            seconds = eval_cfg['seconds']
+            if seconds is not None:
+                seconds = min(seconds, clip.duration_s - start)
+            result = run_inline(body, clip, PolicyController(policy), seconds=seconds,
+                                start_time_s=start)
+            runs.append({'clip': c, 'start_s': float(start), **result.metrics})
+    keys = ('joint_rmse_rad', 'body_pos_error_mm', 'root_pos_error_mm', 'tracked_fraction')
+    summary = {k: float(np.mean([r[k] for r in runs])) for k in keys}
+    # Tracking to the end matters most; then body and joint errors.
+    summary['score'] = (1000.0 * (1.0 - summary['tracked_fraction'])
+                        + summary['body_pos_error_mm'] + 100.0 * summary['joint_rmse_rad'])
+    if not np.isfinite(summary['score']):
+        summary['score'] = float('inf')
+    summary['runs'] = runs
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+
+def _phase_bounds(config: dict) -> list[tuple[int, int]]:
+    """Returns [(first step, end step)] of round 0 and of each closed-loop round."""
+    bounds = [(0, int(config['train']['steps']))]
+    for _ in range(int(config['rounds']['count'])):
+        start = bounds[-1][1]
+        bounds.append((start, start + int(config['rounds']['steps'])))
+    return bounds
+
+
+def _lr_at(step: int, phase: tuple[int, int], cfg: dict) -> float:
+    """Cosine decay from lr to lr_final within one round."""
+    frac = min((step - phase[0]) / max(phase[1] - phase[0], 1), 1.0)
+    return cfg['lr_final'] + 0.5 * (cfg['lr'] - cfg['lr_final']) * (1.0 + np.cos(np.pi * frac))
+
+
+def _save_checkpoint(path: str, payload: dict) -> None:
+    import torch
+
+    def write(tmp):
+        torch.save(payload, tmp)
+    atomic_write(path, write)
+
+
+def _clone_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _json_ready(value):
+    """Converts numpy scalars and arrays inside nested dicts/lists to plain Python types."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_json_ready(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class _Dataset:
+    """Relabelled examples of all rounds collected so far, split into train and val."""
+
+    def __init__(self):
+        self.obs_train, self.act_train, self.obs_val, self.act_val = [], [], [], []
+        self.n_episodes = 0
+        self.n_transitions = 0
+
+    def add(self, episodes: list[dict], config: dict, joint_idx: np.ndarray, seed: int,
+            joint_feedback: np.ndarray) -> None:
+        obs, act, eps = relabel(episodes, config, joint_idx, seed, joint_feedback)
+        n_val = int(round(config['relabel']['val_fraction'] * len(episodes)))
+        is_val = eps >= len(episodes) - n_val
+        self.obs_train.append(obs[~is_val])
+        self.act_train.append(act[~is_val])
+        self.obs_val.append(obs[is_val])
+        self.act_val.append(act[is_val])
+        self.n_episodes += len(episodes)
+        self.n_transitions += sum(len(e['ctrl']) for e in episodes)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return (np.concatenate(self.obs_train), np.concatenate(self.act_train),
+                np.concatenate(self.obs_val), np.concatenate(self.act_val))
+
+
+def train(config: dict, out_dir: str, resume: bool = False, progress: bool = True,
+          stop_after_steps: int | None = None, export: bool = True) -> dict:
+    """Generates data, trains the policy in rounds and (at the end) exports it to ONNX.
+
+    Files in `out_dir`: episodes_r<k>.npz (the data of round k, reused on resume),
+    checkpoint.pt (model, optimiser, normaliser, step, config, the best weights by
+    closed-loop evaluation and the policies that collected each round), policy.onnx
+    (the best weights, with the vrat contract) and summary.json.
+
+    Args:
+        config: a configuration shaped like `default_config()`.
+        out_dir: output folder (created if needed).
+        resume: continue from out_dir/checkpoint.pt if it exists; the result equals an
+            uninterrupted run. The configuration must be the one the checkpoint has.
+        progress: show tqdm bars.
+        stop_after_steps: stop (after checkpointing) once this many steps are done in
+            total, as an interruption would; None trains to the end.
+        export: write policy.onnx once training is complete.
+
+    Returns:
+        A JSON-friendly summary: losses, closed-loop evaluations, timings, paths, sizes.
+
+    Raises:
+        ValueError: the configuration is unusable or differs from the checkpoint's.
+    """
+    import torch
+    t_start = time.perf_counter()
+    config = copy.deepcopy(config)
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
+    seed = int(config['seed'])
+    tcfg = config['train']
+    phases = _phase_bounds(config)
+    total = phases[-1][1]
+    stop = total if stop_after_steps is None else min(total, int(stop_after_steps))
+
+    resumed = None
+    if resume and os.path.isfile(ckpt_path):
+        resumed = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+        if _json_ready(resumed['config']) != _json_ready(config):
+            diff = sorted(k for k in set(config) | set(resumed['config'])
+                          if config.get(k) != resumed['config'].get(k))
+            raise ValueError(
+                f'config differs from the checkpoint in {ckpt_path} (sections {diff}); '
+                'resume needs the same configuration')
+
+    body = RatBody(scale=config['body']['scale'])
+    clips = [Clip.load(p).reorder_to(body.hinge_names) for p in config['clips']]
+    interface = policy_interface(body, int(config['relabel']['frames']))
+    joint_idx = body.tracked_hinge_idx
+    joint_fb = joint_feedback_gains(body, clips[0].qpos[0],
+                                    config['relabel']['offset_feedback_wn_rad_s'])
+    base_hash = {'seed': seed, 'clips': [_file_sha256(p) for p in config['clips']],
+                 'body': config['body'], 'frames': config['relabel']['frames'],
+                 'activation': config['model']['activation']}
+    dataset = _Dataset()
+    timings = {'data_s': 0.0, 'train_s': 0.0, 'eval_s': 0.0}
+
+    def round_data(r: int, collector: dict | None) -> None:
+        """Loads or generates round r's episodes and adds them to the dataset."""
+        t0 = time.perf_counter()
+        key = {**base_hash, 'round': r, 'data': round_settings(config, r)}
+        if collector is not None:
+            digest = hashlib.sha256()
+            for name in sorted(collector):
+                digest.update(collector[name].numpy().tobytes())
+            key['collector'] = digest.hexdigest()[:16]
+        data_hash = _config_hash(key)
+        path = os.path.join(out_dir, f'episodes_r{r}.npz')
+        episodes = _load_episodes(path, data_hash)
+        if episodes is None:
+            state = None if collector is None else {
+                k: v.numpy().astype(np.float64) for k, v in collector.items()}
+            episodes = generate_episodes(config, r, state, progress=progress)
+            _save_episodes(path, episodes, data_hash)
+        dataset.add(episodes, config, joint_idx, seed + 1000 * r, joint_fb)
+        timings['data_s'] += time.perf_counter() - t0
+
+    round_data(0, None)
+    obs_train, act_train, obs_val, act_val = dataset.arrays()
+    if len(obs_train) == 0:
+        raise ValueError('no training examples; increase n_episodes or episode_steps')
+
+    # Torch state: threads, determinism and the seed, restored on exit.
+    prev_threads = torch.get_num_threads()
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(int(tcfg['threads']))
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(seed)
+        model = make_model(obs_train.shape[1], act_train.shape[1], config['model'])
+        floor = float(config['model']['std_floor'])
+        with torch.no_grad():
+            # Normalisers and bounds come from round 0 and stay fixed afterwards.
+            model.obs_mean.copy_(torch.from_numpy(
+                obs_train.mean(0, dtype=np.float64).astype(np.float32)))
+            model.obs_std.copy_(torch.from_numpy(np.maximum(
+                obs_train.std(0, dtype=np.float64), floor).astype(np.float32)))
+            model.act_mean.copy_(torch.from_numpy(
+                act_train.mean(0, dtype=np.float64).astype(np.float32)))
+            model.act_std.copy_(torch.from_numpy(np.maximum(
+                act_train.std(0, dtype=np.float64), floor).astype(np.float32)))
+            bound_q = config['model'].get('action_bound_quantile')
+            if bound_q is not None:
+                lo = np.quantile(act_train, bound_q, axis=0)
+                hi = np.quantile(act_train, 1.0 - bound_q, axis=0)
+                margin = config['model']['action_bound_margin'] * (hi - lo)
+                model.act_lo.copy_(torch.from_numpy(
+                    np.clip(lo - margin, -1.0, 1.0).astype(np.float32)))
+                model.act_hi.copy_(torch.from_numpy(
+                    np.clip(hi + margin, -1.0, 1.0).astype(np.float32)))
+        optimizer = torch.optim.Adam(model.parameters(), lr=tcfg['lr'],
+                                     weight_decay=tcfg['weight_decay'])
+        step, history, evals, best, running, collectors = 0, [], [], None, [], {}
+        ema_decay = tcfg.get('ema_decay')
+        ema = _clone_state(model) if ema_decay else None
+        if resumed is not None:
+            model.load_state_dict(resumed['model'])
+            optimizer.load_state_dict(resumed['optimizer'])
+            step = int(resumed['step'])
+            history = list(resumed['history'])
+            evals = list(resumed['evals'])
+            best = resumed['best']
+            running = list(resumed['running'])
+            collectors = dict(resumed['collectors'])
+            ema = resumed['ema']
+
+        eval_body = RatBody(scale=config['body']['scale'])
+        policy = TorchPolicy(model, interface)
+        tensors = {}
+
+        def load_tensors() -> None:
+            arrays = dataset.arrays()
+            for name, value in zip(('x_train', 'y_train', 'x_val', 'y_val'), arrays):
+                tensors[name] = torch.from_numpy(value)
+
+        def normalised(x, y):
+            return (x - model.obs_mean) / model.obs_std, (y - model.act_mean) / model.act_std
+
+        def val_loss() -> float | None:
+            if len(tensors['x_val']) == 0:
+                return None
+            with torch.no_grad():
+                xn, yn = normalised(tensors['x_val'], tensors['y_val'])
+                return float(torch.mean((model.forward_normalised(xn)[0] - yn) ** 2))
+
+        def run_eval(at_step: int) -> None:
+            nonlocal best
+            t0 = time.perf_counter()
+            raw = _clone_state(model)
+            if ema is not None:
+                model.load_state_dict(ema)
+            model.eval()
+            result = evaluate_policy(policy, eval_body, clips, config['eval'])
+            result['step'] = at_step
+            result['val_loss'] = val_loss()
+            evals.append(_json_ready(result))
+            if best is None or result['score'] < best['score']:
+                best = {'score': result['score'], 'step': at_step, 'model': _clone_state(model)}
+            model.load_state_dict(raw)
+            model.train()
+            timings['eval_s'] += time.perf_counter() - t0
+
+        def checkpoint() -> None:
+            _save_checkpoint(ckpt_path, _json_ready({
+                'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                'step': step, 'config': config, 'interface': interface,
+                'history': history, 'running': running, 'evals': evals, 'best': best,
+                'collectors': collectors, 'ema': ema,
+                'data': {'n_episodes': dataset.n_episodes,
+                         'n_transitions': dataset.n_transitions,
+                         'n_train': int(len(tensors['x_train'])),
+                         'n_val': int(len(tensors['x_val']))}}))
+
+        load_tensors()
+        eval_every = int(config['eval']['every'])
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=total, initial=step, desc='training', unit='step')
+        model.train()
+        for r, phase in enumerate(phases):
+            if step >= stop:
+                break
+            if r > 0:
+                # The best policy so far collects this round's data.
+                if str(r) not in collectors:
+                    source = best['model'] if best is not None else model.state_dict()
+                    collectors[str(r)] = {k: v.detach().clone() for k, v in source.items()}
+                round_data(r, collectors[str(r)])
+                load_tensors()
+            if step >= phase[1]:
+                continue
+            t_train = time.perf_counter()
+            x_train, y_train = tensors['x_train'], tensors['y_train']
+            while step < min(phase[1], stop):
+                for group in optimizer.param_groups:
+                    group['lr'] = _lr_at(step, phase, tcfg)
+                batch = np.random.default_rng([seed, 3, step]).integers(
+                    0, len(x_train), int(tcfg['batch_size']))
+                index = torch.from_numpy(batch)
+                xn, yn = normalised(x_train[index], y_train[index])
+                loss = torch.mean((model.forward_normalised(xn)[0] - yn) ** 2)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if ema is not None:
+                    # Shorter memory early on, so the average does not hold the init.
+                    decay = min(ema_decay, (1.0 + step) / (10.0 + step))
+                    with torch.no_grad():
+                        for name, value in model.state_dict().items():
+                            ema[name].mul_(decay).add_(value, alpha=1.0 - decay)
+                step += 1
+                running.append(float(loss.detach()))
+                if step % int(tcfg['log_every']) == 0 or step == phase[1]:
+                    history.append({'step': step, 'loss': float(np.mean(running))})
+                    running = []
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+                if (eval_every > 0 and step % eval_every == 0) or step == phase[1]:
+                    timings['train_s'] += time.perf_counter() - t_train
+                    run_eval(step)
+                    t_train = time.perf_counter()
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}",
+                                        score=f"{evals[-1]['score']:.1f}")
+                if step % int(tcfg['checkpoint_every']) == 0 or step in (phase[1], stop):
+                    checkpoint()
+                if bar is not None:
+                    bar.update(1)
+            timings['train_s'] += time.perf_counter() - t_train
+        if bar is not None:
+            bar.close()
+        final_val_loss = val_loss()
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det)
+
+    summary = {
+        'out_dir': os.path.abspath(out_dir),
+        'checkpoint': ckpt_path,
+        'step': step,
+        'total_steps': total,
+        'complete': step >= total,
+        'seed': seed,
+        **timings,
+        'n_episodes': dataset.n_episodes,
+        'n_transitions': dataset.n_transitions,
+        'n_examples': int(len(tensors['x_train']) + len(tensors['x_val'])),
+        'initial_loss': history[0]['loss'] if history else None,
+        'final_loss': history[-1]['loss'] if history else None,
+        'val_loss': final_val_loss,
+        'best_step': None if best is None else best['step'],
+        'best_score': None if best is None else best['score'],
+        'evals': [{k: v for k, v in e.items() if k != 'runs'} for e in evals],
+        'best_eval': next((e for e in evals if best and e['step'] == best['step']), None),
+    }
+    if export and step >= total:
+        from vrat_ros.export import export_onnx
+        path = os.path.join(out_dir, POLICY_NAME)
+        parity = tensors['x_val'] if len(tensors['x_val']) else tensors['x_train']
+        export_onnx(ckpt_path, path, parity_observations=parity[:256].numpy())
+        summary['policy'] = path
+    summary['total_s'] = time.perf_counter() - t_start
+    summary = _json_ready(summary)
+
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(summary, f, indent=1, sort_keys=True)
+    atomic_write(os.path.join(out_dir, SUMMARY_NAME), write)
+    return summary

@@ -35,8 +35,8 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 
 def _metrics_subset(metrics: dict) -> dict:
-    keys = ('joint_rmse_rad', 'body_pos_error_mm', 'root_pos_error_mm', 'tracked_fraction',
-            'first_failure_frame', 'failure_reason')
+    keys = ('joint_rmse_rad', 'actuated_joint_rmse_rad', 'body_pos_error_mm',
+            'root_pos_error_mm', 'tracked_fraction', 'first_failure_frame', 'failure_reason')
     return {k: metrics[k] for k in keys if k in metrics}
 
 
@@ -123,6 +123,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vrat_ros.train import default_config
+    from vrat_ros.train import train
+    config = default_config(small=args.small)
+    if args.config:
+        with open(args.config) as f:
+            _merge(config, json.load(f))
+    if args.seed is not None:
+        config['seed'] = args.seed
+    if args.clips:
+        config['clips'] = [os.path.abspath(c) for c in args.clips]
+    summary = train(config, args.out, resume=args.resume, progress=not args.no_progress,
+                    export=not args.no_export)
+    keep = ('out_dir', 'checkpoint', 'policy', 'step', 'total_steps', 'complete', 'seed',
+            'n_transitions', 'initial_loss', 'final_loss', 'val_loss', 'best_step',
+            'total_s', 'best_eval')
+    print(json.dumps({k: summary[k] for k in keep if k in summary}, indent=2))
+    return 0
+
+
+def _merge(base: dict, update: dict) -> None:
+    """Merges `update` into `base` recursively; unknown keys are refused."""
+    for key, value in update.items():
+        if key not in base:
+            raise ValueError(f"unknown training setting '{key}'; known: {sorted(base)}")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from vrat_ros.export import export_onnx
+    contract = export_onnx(args.checkpoint, args.out, which=args.which)
+    print(f"wrote {args.out}: {len(contract['joint_names'])} joints, "
+          f"{len(contract['actuator_names'])} actuators, observation "
+          f"{contract['observation']['size']}, layers {contract.get('layers', [])}; "
+          'torch and onnxruntime agree within 1e-5')
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='vrat', description='Virtual rat tools: body, closed loop, clips and policies.')
@@ -168,6 +209,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--namespace', default='/',
                    help="ROS namespace of the run's nodes and topics (default '/').")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        'train', help='Train the inverse-dynamics policy on CPU and export it to ONNX '
+                      '(generated PD rollouts around the clips, hindsight relabelling, one '
+                      'round on its own rollouts; see vrat_ros/train.py).')
+    p.add_argument('--out', default='runs/train',
+                   help='Output folder: data, checkpoint.pt, policy.onnx, summary.json '
+                        '(default runs/train).')
+    p.add_argument('--small', action='store_true',
+                   help='A quick configuration (seconds; for CI and smoke tests).')
+    p.add_argument('--config', help='JSON file whose settings override the defaults.')
+    p.add_argument('--seed', type=int, help='Random seed (default 0).')
+    p.add_argument('--clips', nargs='+', metavar='CLIP',
+                   help='Training clips (default: the shipped real rat clip).')
+    p.add_argument('--resume', action='store_true',
+                   help='Continue from OUT/checkpoint.pt; gives the same result as one run.')
+    p.add_argument('--no-export', action='store_true', help='Skip the ONNX export.')
+    p.add_argument('--no-progress', action='store_true', help='Hide the progress bars.')
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser('export', help='Export a training checkpoint to ONNX with its contract.')
+    p.add_argument('checkpoint', help='checkpoint.pt written by vrat train.')
+    p.add_argument('--out', required=True, help='Destination .onnx file.')
+    p.add_argument('--which', choices=['best', 'latest'], default='best',
+                   help="'best' (chosen by closed-loop tracking, default) or 'latest' weights.")
+    p.set_defaults(func=_cmd_export)
 
     # Subcommands that live beside the code they drive.
     from vrat_ros import analysis

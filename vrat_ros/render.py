@@ -342,11 +342,28 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from vrat_ros.clip import Clip
     from vrat_ros.rat_model import RatBody
     clip = Clip.load(args.clip or resources.default_clip_path())
-    clip = clip.reorder_to(RatBody(scale=clip.body_scale).hinge_names)
-    ref = sample_clip(clip, args.fps, args.start, args.seconds)
-    count = render_video(None, ref, args.fps, args.out, width=2 * args.width, height=args.height,
+    body = RatBody(scale=clip.body_scale)
+    clip = clip.reorder_to(body.hinge_names)
+    sim = None
+    if args.controller != 'none':
+        # Simulate first (the inline loop at 50 Hz), then render at the video rate.
+        from vrat_ros import controllers
+        from vrat_ros.rollout import run_inline
+        controller = {'policy': lambda: controllers.PolicyController(
+                          args.policy or resources.default_policy_path()),
+                      'pd': controllers.PDController,
+                      'zero': controllers.ZeroController}[args.controller]()
+        run = run_inline(body, clip, controller, seconds=args.seconds, start_time_s=args.start)
+        step = max(1, int(round(len(run.times) / max(run.times[-1] - run.times[0], 1e-9)
+                                / args.fps)))
+        sim, ref = run.qpos[::step], run.ref_qpos[::step]
+        fps = 1.0 / (step * (run.times[1] - run.times[0]))
+    else:
+        ref = sample_clip(clip, args.fps, args.start, args.seconds)
+        fps = args.fps
+    count = render_video(sim, ref, fps, args.out, width=2 * args.width, height=args.height,
                          scale=clip.body_scale, start_time_s=args.start)
-    sys.stdout.write(f'wrote {count} frames ({count / args.fps:.2f} s) to {args.out}\n')
+    sys.stdout.write(f'wrote {count} frames ({count / fps:.2f} s) to {args.out}\n')
     return 0
 
 
@@ -354,9 +371,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     """Registers `vrat render` and `vrat urdf` on the `vrat` command's subparsers."""
     from vrat_ros import urdf_export
     p = subparsers.add_parser(
-        'render', help='Render a clip offscreen to a video (MUJOCO_GL=egl or osmesa): the '
-                       'reference replayed kinematically, with the time overlaid.')
+        'render', help='Render offscreen to a video (MUJOCO_GL=egl or osmesa): the simulated '
+                       'rat beside its reference with time and tracking error overlaid, or, '
+                       'with --controller none, the reference replayed alone.')
     p.add_argument('--clip', help='Reference clip (.npz); default: the shipped real rat clip.')
+    p.add_argument('--policy', help='ONNX policy (default: the shipped one).')
+    p.add_argument('--controller', choices=['policy', 'pd', 'zero', 'none'], default='policy',
+                   help='What drives the simulated rat (default policy); none renders the '
+                        'reference alone.')
     p.add_argument('--out', required=True,
                    help='Output: .mp4 (H.264), .gif, or a folder (no suffix) of PNG frames.')
     p.add_argument('--seconds', type=float, default=None,

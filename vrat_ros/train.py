@@ -51,11 +51,11 @@ from vrat_ros.observation import observation_layout
 from vrat_ros.observation import observation_size
 from vrat_ros.rat_model import RatBody
 from vrat_ros.rollout import run_inline
+from vrat_ros.resources import default_clip_path
 
 _LOG = logging.getLogger(__name__)
 
-DEFAULT_CLIP = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), 'data', 'clips', 'rat23_dannce_1000f.npz')
+DEFAULT_CLIP = default_clip_path()
 CHECKPOINT_NAME = 'checkpoint.pt'
 POLICY_NAME = 'policy.onnx'
 SUMMARY_NAME = 'summary.json'

@@ -250,6 +250,77 @@ def test_nan_keypoints_are_masked_not_zero_filled(tmp_path, mocap_mm):
 
 
 @needs_rat_data
+def test_unmapped_and_missing_keypoint_names_are_warned_on_stderr(tmp_path, mocap_mm, capsys):
+    xyz, names = mocap_mm
+    tail = names.index('TailBase')
+    keep = [i for i in range(len(names)) if i != tail]
+    extra = xyz[:4, names.index('SpineL')] + 5.0
+    xyz = np.concatenate([xyz[:4, keep], extra[:, None]], axis=1)
+    new_names = [names[i] for i in keep] + ['TailTip']
+    xyz[:, new_names.index('KneeL')] = np.nan
+    path = _write_keypoint_npz(tmp_path / 'renamed.npz', xyz, new_names, fps=50)
+    report_path = tmp_path / 'report.json'
+    args = _parser().parse_args(['import', path, '--out', str(tmp_path / 'clip.npz'),
+                                 '--report', str(report_path), '--no-progress'])
+    assert args.func(args) == 0
+    assert json.loads(report_path.read_text())['warnings'] == [
+        "keypoints not in marker set 'rat23' are ignored: ['TailTip']",
+        "marker set 'rat23' keypoints missing from the data: ['TailBase']",
+        "keypoints missing in every frame: ['KneeL']",
+    ]
+    err = capsys.readouterr().err
+    assert err.count('vrat import: warning: ') == 3 and "['TailTip']" in err
+
+
+@needs_rat_data
+def test_too_few_mapped_keypoints_are_refused_naming_the_file(tmp_path, mocap_mm):
+    xyz, names = mocap_mm
+    five = [names.index(n) for n in ('Snout', 'EarL', 'EarR', 'SpineF', 'SpineM')]
+    xyz = np.concatenate([xyz[:4, five], xyz[:4, :3] + 1.0], axis=1)
+    path = _write_keypoint_npz(tmp_path / 'few.npz', xyz,
+                               [names[i] for i in five] + ['a', 'b', 'c'], fps=50)
+    out = tmp_path / 'clip.npz'
+    with pytest.raises(ClipError, match=r"few\.npz.*only 5 keypoints.*at least 6 "
+                                        r"\(ignored: \['a', 'b', 'c'\]\)"):
+        importers.import_clip(path, out=out)
+    _assert_nothing_written(tmp_path, out)
+
+
+@needs_rat_data
+@pytest.mark.parametrize('kind', ['keypoints', 'qpos'])
+def test_single_frame_is_refused_and_leaves_no_clip(tmp_path, mocap_mm, stac_dict, kind):
+    if kind == 'keypoints':
+        path = _write_keypoint_npz(tmp_path / 'one.npz', mocap_mm[0][:1], mocap_mm[1], fps=50)
+    else:
+        path = tmp_path / 'one.p'
+        with open(path, 'wb') as f:
+            pickle.dump({'qpos': np.asarray(stac_dict['qpos'])[:1]}, f)
+    out = tmp_path / 'clip.npz'
+    with pytest.raises(ClipError, match=r"one\.(npz|p).* 1 frame\(s\); a clip needs at least 2"):
+        importers.import_clip(path, out=out)
+    _assert_nothing_written(tmp_path, out)
+
+
+@needs_rat_data
+@pytest.mark.parametrize('index, stamp', [(10, 'repeat'), (500, 'back')])
+def test_nwb_with_timestamps_not_increasing_is_refused_at_the_first_bad_frame(
+        tmp_path, index, stamp):
+    path = tmp_path / 'stamps.nwb'
+    path.write_bytes(MOCAP_NWB.read_bytes())
+    with h5py.File(path, 'r+') as f:
+        pose = f['processing/behavior/PoseEstimation']
+        for name in pose:
+            if isinstance(pose[name], h5py.Group) and 'timestamps' in pose[name]:
+                stamps = pose[name]['timestamps']
+                stamps[index] = stamps[index - 1] - (0.01 if stamp == 'back' else 0.0)
+    out = tmp_path / 'clip.npz'
+    with pytest.raises(ClipError, match=rf"stamps\.nwb.*not strictly increasing: frame "
+                                        rf"{index} is at .* after frame {index - 1}"):
+        importers.import_clip(path, frames=(0, 4), out=out)
+    _assert_nothing_written(tmp_path, out)
+
+
+@needs_rat_data
 def test_units_are_detected_and_said(tmp_path, mocap_mm):
     xyz, names = mocap_mm
     path = _write_keypoint_npz(tmp_path / 'metres.npz', xyz[:4] * 1e-3, names, fps=50)
@@ -434,3 +505,17 @@ def test_cli_usage_errors_exit_2():
     with pytest.raises(SystemExit) as exc:
         _parser().parse_args(['import', 'x.mat', '--frames', '9:3'])
     assert exc.value.code == 2
+
+
+@needs_rat_data
+@pytest.mark.ros
+def test_imported_dannce_segment_plays_in_the_closed_loop(tmp_path):
+    pytest.importorskip('rclpy', reason='rclpy is not installed')
+    from vrat_ros import resources
+    from vrat_ros.loop import run_ros_loop
+    out = tmp_path / 'dannce_0_60.npz'
+    args = _parser().parse_args(['import', str(MOCAP_MAT), '--frames', '0:60', '--out',
+                                 str(out), '--no-progress'])
+    assert args.func(args) == 0
+    result = run_ros_loop(str(out), resources.default_policy_path(), seconds=0.5)
+    assert result.qpos.shape == (26, 74) and not result.halted

@@ -444,7 +444,7 @@ def _import_qpos(path: str, fps: float | None, scale: float | None) -> tuple[Cli
                 keypoint_names=keypoint_names)
     report = {
         'residual_mm_mean': None, 'residual_mm_p95': None, 'failed_frames': [],
-        'units_assumed': 'm (joint angles in rad)', 'fit_seconds': 0.0,
+        'units_assumed': 'm (joint angles in rad)', 'fit_seconds': 0.0, 'warnings': [],
         'fps_source': fps_source, 'body_scale': body_scale,
         'hinge_values_outside_range': info['hinge_values_outside_range'],
     }
@@ -549,29 +549,40 @@ def _read_rat7m(path: str, marker_set: kf.MarkerSet | None) -> KeypointSource:
     return KeypointSource(xyz=xyz, names=names, warnings=warnings)
 
 
+def _check_timestamps(stamps: np.ndarray, path: str, series: str) -> None:
+    """Raises ClipError at the first frame whose timestamp does not exceed the one before."""
+    bad = np.flatnonzero(~(np.diff(stamps) > 0))
+    if bad.size:
+        i = int(bad[0]) + 1
+        raise ClipError(
+            f"'{path}': the timestamps of {series} are not strictly increasing: frame {i} is "
+            f'at {stamps[i]:.6g} s after frame {i - 1} at {stamps[i - 1]:.6g} s '
+            f'({bad.size} such steps)')
+
+
 def _read_nwb(path: str) -> KeypointSource:
     try:
         xyz, names = kf.read_keypoints_nwb(path)
         fps, source = None, ''
         with h5py.File(path, 'r') as f:
-            series = None
+            found = []
 
             def visit(_name, obj):
-                nonlocal series
                 if kf._decode(obj.attrs.get('neurodata_type', '')) == 'PoseEstimationSeries':
-                    series = obj
-                    return True
+                    found.append(obj)
                 return None
             f.visititems(visit)
-            if series is not None and 'timestamps' in series:
-                stamps = np.asarray(series['timestamps'][()], dtype=np.float64)
-                steps = np.diff(stamps)
-                if steps.size and np.all(steps > 0):
-                    fps, source = 1.0 / float(np.median(steps)), 'the file\'s timestamps'
-            elif series is not None and 'starting_time' in series:
-                rate = series['starting_time'].attrs.get('rate')
-                if rate is not None and float(rate) > 0:
-                    fps, source = float(rate), 'the file\'s sampling rate'
+            for series in found:
+                if 'timestamps' in series:
+                    stamps = np.asarray(series['timestamps'][()], dtype=np.float64)
+                    _check_timestamps(stamps, path, series.name)
+                    if fps is None and stamps.size > 1:
+                        fps = 1.0 / float(np.median(np.diff(stamps)))
+                        source = 'the file\'s timestamps'
+                elif fps is None and 'starting_time' in series:
+                    rate = series['starting_time'].attrs.get('rate')
+                    if rate is not None and float(rate) > 0:
+                        fps, source = float(rate), 'the file\'s sampling rate'
     except _HDF5_READ_ERRORS as exc:
         raise ClipError(f"'{path}' is not a readable NWB file: {type(exc).__name__}: "
                         f'{exc}') from exc
@@ -649,6 +660,50 @@ def check_units(xyz: npt.ArrayLike, units: str, path: str) -> tuple[str, bool]:
     return used, guessed
 
 
+def check_keypoint_names(xyz: npt.ArrayLike, names: Sequence[str],
+                         marker_set: kf.MarkerSet, path: str,
+                         min_keypoints: int) -> list[str]:
+    """Compares the keypoints of a file with a marker set, before any fit.
+
+    Args:
+        xyz: (T, K, 3) keypoints; NaN marks a missing one.
+        names: (K,) keypoint names of the file.
+        marker_set: the mapping of keypoints to bodies.
+        path: the file, for messages.
+        min_keypoints: the fewest mapped keypoints the fit can use (`FitOptions`).
+
+    Returns:
+        Warnings: data keypoints the marker set lacks (ignored), marker-set keypoints the
+        data lacks, and mapped keypoints missing in every frame.
+
+    Raises:
+        ClipError: fewer than `min_keypoints` mapped keypoints are present in at least one
+            frame (frames short of keypoints are still flagged failed by the fit).
+    """
+    xyz = np.asarray(xyz)
+    mapped = set(marker_set.keypoint_names)
+    unmapped = [n for n in names if n not in mapped]
+    lacking = [n for n in marker_set.keypoint_names if n not in set(names)]
+    present = np.any(np.all(np.isfinite(xyz), axis=2), axis=0)
+    never = [n for n, seen in zip(names, present) if n in mapped and not seen]
+    usable = [n for n, seen in zip(names, present) if n in mapped and seen]
+    warnings = []
+    if unmapped:
+        warnings.append(f"keypoints not in marker set '{marker_set.name}' are ignored: "
+                        f'{unmapped}')
+    if lacking:
+        warnings.append(f"marker set '{marker_set.name}' keypoints missing from the data: "
+                        f'{lacking}')
+    if never:
+        warnings.append(f'keypoints missing in every frame: {never}')
+    if len(usable) < min_keypoints:
+        raise ClipError(
+            f"'{path}': only {len(usable)} keypoints {usable} map to marker set "
+            f"'{marker_set.name}' and are present; the fit needs at least {min_keypoints}"
+            + (f' (ignored: {unmapped})' if unmapped else ''))
+    return warnings
+
+
 def retarget(xyz_m: npt.ArrayLike, factor: float) -> np.ndarray:
     """Scales a recording about its mean ground position and the floor (z = 0).
 
@@ -704,9 +759,11 @@ def _import_keypoints(
         xyz = xyz[start:stop]
     if len(xyz) < 2:
         raise ClipError(f"'{path}' holds {len(xyz)} frame(s); a clip needs at least 2")
+    options = kf.FitOptions() if options is None else options
+    source.warnings.extend(check_keypoint_names(xyz, source.names, given_set, path,
+                                                options.min_keypoints))
     units_used, units_guessed = check_units(xyz, units, path)
     xyz_m = xyz * kf.UNITS_TO_M[units_used]
-    options = kf.FitOptions() if options is None else options
 
     if fps is not None:
         fps_used, fps_source, fps_assumed = float(fps), 'given', False

@@ -30,7 +30,6 @@ could only be paired by arrival order, which a lost or late message would silent
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Sequence
@@ -38,6 +37,7 @@ from typing import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from vrat_ros.clip import file_sha256
 from vrat_ros.errors import VratError
 
 FORMAT = 'vrat_activations'
@@ -46,15 +46,6 @@ FORMAT_VERSION = 1
 
 class ActivationFileError(VratError):
     """An activation recording is missing, unreadable or not in the vrat format."""
-
-
-def file_sha256(path: str) -> str:
-    """Returns the SHA-256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_activations(

@@ -12,6 +12,7 @@ and optionally keypoints (T, K, 3) float64 in metres with keypoint_names (K,) st
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -58,6 +59,15 @@ def atomic_write(path: str, write_fn) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def file_sha256(path: str) -> str:
+    """Returns the SHA-256 hex digest of a file's bytes (provenance of clips, policies, runs)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass

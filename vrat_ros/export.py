@@ -38,8 +38,8 @@ def _training_block(ckpt: dict) -> dict:
     for path in config['clips']:
         entry = {'file': os.path.basename(path)}
         if os.path.isfile(path):
-            from vrat_ros.train import _file_sha256
-            entry['sha256'] = _file_sha256(path)
+            from vrat_ros.clip import file_sha256
+            entry['sha256'] = file_sha256(path)
         clips.append(entry)
     best = ckpt.get('best')
     return {

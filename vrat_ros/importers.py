@@ -21,7 +21,6 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import datetime
-import hashlib
 import logging
 import os
 import pickle
@@ -41,6 +40,7 @@ from vrat_ros import marker_sets
 from vrat_ros import rat_constants as rc
 from vrat_ros import resources
 from vrat_ros.clip import Clip
+from vrat_ros.clip import file_sha256
 from vrat_ros.errors import ClipError
 from vrat_ros.rat_model import RatBody
 
@@ -864,14 +864,6 @@ def _import_keypoints(
 # Import, resampling and the clip library
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_clip(
     path: str | os.PathLike,
     fmt: str = 'auto',
@@ -956,7 +948,7 @@ def import_clip(
 
     clip.meta.update({
         'source_file': os.path.basename(path),
-        'source_sha256': _sha256(path),
+        'source_sha256': file_sha256(path),
         'importer': 'vrat_ros.importers',
         'vrat_ros_version': __version__,
         'imported_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(

@@ -39,6 +39,7 @@ import numpy.typing as npt
 from vrat_ros import rat_constants as rc
 from vrat_ros.clip import atomic_write
 from vrat_ros.clip import Clip
+from vrat_ros.clip import file_sha256
 from vrat_ros.controllers import ActuatorKinematics
 from vrat_ros.controllers import effective_inertia
 from vrat_ros.controllers import observation_from_state
@@ -152,14 +153,6 @@ def default_config(small: bool = False) -> dict:
 
 def _config_hash(section) -> str:
     return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -813,7 +806,7 @@ def train(config: dict, out_dir: str, resume: bool = False, progress: bool = Tru
     joint_idx = body.tracked_hinge_idx
     joint_fb = joint_feedback_gains(body, clips[0].qpos[0],
                                     config['relabel']['offset_feedback_wn_rad_s'])
-    base_hash = {'seed': seed, 'clips': [_file_sha256(p) for p in config['clips']],
+    base_hash = {'seed': seed, 'clips': [file_sha256(p) for p in config['clips']],
                  'body': config['body'], 'frames': config['relabel']['frames'],
                  'activation': config['model']['activation']}
     dataset = _Dataset()

@@ -63,7 +63,7 @@ def test_bad_files_give_clear_errors(tmp_path):
         Clip.load(str(tmp_path / 'missing.npz'))
     bogus = tmp_path / 'bogus.npz'
     bogus.write_text('not a zip')
-    with pytest.raises(ClipError, match='not a readable vrat clip'):
+    with pytest.raises(ClipError, match='not a vrat clip: not an .npz archive'):
         Clip.load(str(bogus))
     other = tmp_path / 'other.npz'
     np.savez(other, x=np.zeros(3))

@@ -500,7 +500,13 @@ def format_report(report: dict) -> str:
     return '\n'.join(lines)
 
 
+def _exit_on_sigterm(signum, frame):
+    # Turn SIGTERM (a CI timeout, kill) into SystemExit so the node processes are stopped.
+    raise SystemExit(128 + signum)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from vrat_ros import resources
     try:
         import rclpy  # noqa: F401

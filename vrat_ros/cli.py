@@ -5,9 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from vrat_ros.errors import VratError
+
+
+def _check_output_path(path: str | None) -> None:
+    """Refuses, before any work, an output path that is a folder or in a missing folder."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"output '{path}' is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"output folder '{folder}' does not exist")
 
 
 def _write_json_atomic(path: str, obj: dict) -> None:
@@ -47,8 +59,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from vrat_ros.rat_model import RatBody
     from vrat_ros.tracking import tracking_metrics
 
-    clip_path = args.clip or resources.default_clip_path()
+    clip_path = resources.resolve_clip_path(args.clip) if args.clip else \
+        resources.default_clip_path()
     policy_path = args.policy or resources.default_policy_path()
+    for path in (args.report, args.record, args.activations):
+        _check_output_path(path)
+    if not re.fullmatch(r'/|(/?[A-Za-z][A-Za-z0-9_]*)(/[A-Za-z][A-Za-z0-9_]*)*', args.namespace):
+        raise ValueError(f"namespace should look like '/' or '/my_ns': got '{args.namespace}'")
     clip = Clip.load(clip_path)
     try:
         from vrat_ros.loop import run_ros_loop
@@ -156,6 +173,7 @@ def _merge(base: dict, update: dict) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from vrat_ros.export import export_onnx
+    _check_output_path(args.out)
     contract = export_onnx(args.checkpoint, args.out, which=args.which)
     print(f"wrote {args.out}: {len(contract['joint_names'])} joints, "
           f"{len(contract['actuator_names'])} actuators, observation "
@@ -181,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         'run', help='Run the closed loop through the three ROS 2 nodes in one process '
                     '(lockstep) and print a tracking report with zero-torque and PD baselines.')
-    p.add_argument('--clip', help='Reference clip (.npz); default: the shipped real rat clip.')
+    p.add_argument('--clip', help='Reference clip: a .npz path or a name from vrat clips; '
+                                  'default: the shipped real rat clip.')
     p.add_argument('--policy', help='ONNX policy; default: the shipped policy.')
     p.add_argument('--seconds', type=float, default=None,
                    help='Simulated seconds to run (default: the whole clip).')
@@ -276,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     except (VratError, ValueError, OSError) as exc:
         print(f'vrat {args.command}: {exc}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f'vrat {args.command}: interrupted; no report was written', file=sys.stderr)
+        return 130
 
 
 if __name__ == '__main__':

@@ -164,8 +164,12 @@ class Clip:
         Raises:
             ClipError: the file is missing, not an .npz clip, or its arrays are inconsistent.
         """
+        if os.path.isdir(path):
+            raise ClipError(f"clip path '{path}' is a folder, not a clip file (.npz)")
         if not os.path.isfile(path):
             raise ClipError(f"clip file '{path}' does not exist")
+        if not zipfile.is_zipfile(path):
+            raise ClipError(f"'{path}' is not a vrat clip: not an .npz archive")
         try:
             with np.load(path, allow_pickle=False) as z:
                 missing = [k for k in _REQUIRED if k not in z.files]

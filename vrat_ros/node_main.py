@@ -3,6 +3,7 @@
 from typing import Callable
 
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
@@ -18,8 +19,8 @@ def spin_node(make_node: Callable[[], Node], name: str, args=None) -> int:
         args: command line arguments for rclpy.init.
 
     Returns:
-        0 after a normal or interrupted run, 1 when the node could not start (bad parameter,
-        missing or malformed file); the reason is logged.
+        0 after a normal or interrupted run, 1 when the node could not start (a parameter of
+        the wrong type or out of range, a missing or malformed file); the reason is logged.
     """
     rclpy.init(args=args)
     node = None
@@ -29,7 +30,8 @@ def spin_node(make_node: Callable[[], Node], name: str, args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:
-        if node is None and isinstance(exc, (VratError, ValueError, OSError)):
+        if node is None and isinstance(exc, (VratError, ValueError, OSError,
+                                             ParameterException)):
             rclpy.logging.get_logger(name).error(f'cannot start: {exc}')
             return 1
         if isinstance(exc, VratError):  # e.g. the driver does not fit the policy's contract

@@ -69,7 +69,10 @@ def read_contract(path: str) -> dict:
     props = {p.key: p.value for p in model.metadata_props}
     if CONTRACT_KEY not in props:
         raise PolicyLoadError(f"'{path}' has no '{CONTRACT_KEY}' metadata; not a vrat policy")
-    return validate_contract(json.loads(props[CONTRACT_KEY]))
+    try:
+        return validate_contract(json.loads(props[CONTRACT_KEY]))
+    except json.JSONDecodeError as exc:
+        raise PolicyLoadError(f"'{path}': its vrat contract is not valid JSON: {exc}") from exc
 
 
 class OnnxPolicy:

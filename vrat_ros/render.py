@@ -341,7 +341,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from vrat_ros import resources
     from vrat_ros.clip import Clip
     from vrat_ros.rat_model import RatBody
-    clip = Clip.load(args.clip or resources.default_clip_path())
+    clip = Clip.load(resources.resolve_clip_path(args.clip) if args.clip
+                     else resources.default_clip_path())
     body = RatBody(scale=clip.body_scale)
     clip = clip.reorder_to(body.hinge_names)
     sim = None

@@ -16,6 +16,27 @@ def default_clip_path() -> str:
     return data_path('clips', DEFAULT_CLIP)
 
 
+def resolve_clip_path(name_or_path: str) -> str:
+    """Returns a clip path for a file path, or for a name that `vrat clips` lists.
+
+    A path that exists wins; otherwise `name` (with or without .npz) is looked up among the
+    shipped clips, then in the imported-clips library. An unknown name is returned as given,
+    so that loading it reports the missing file.
+    """
+    import os
+    if os.path.exists(name_or_path):
+        return name_or_path
+    file_name = name_or_path if name_or_path.endswith('.npz') else name_or_path + '.npz'
+    if os.sep in file_name:
+        return name_or_path
+    from vrat_ros.importers import clips_dir
+    for folder in (data_path('clips'), clips_dir()):
+        candidate = os.path.join(folder, file_name)
+        if os.path.isfile(candidate):
+            return candidate
+    return name_or_path
+
+
 def default_policy_path() -> str:
     """The shipped inverse-dynamics policy (ONNX with a vrat contract)."""
     return data_path('policies', DEFAULT_POLICY)

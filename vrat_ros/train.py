@@ -638,8 +638,16 @@ def load_checkpoint(path: str, which: str = 'best'):
     import torch
     if which not in ('best', 'latest'):
         raise ValueError(f"which should be 'best' or 'latest': got '{which}'")
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    interface = ckpt['interface']
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        interface = ckpt['interface']
+        ckpt['config']['model'], ckpt['model']
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises many types for foreign or damaged files
+        raise ValueError(
+            f"'{path}' is not a vrat training checkpoint (checkpoint.pt written by vrat train): "
+            f'{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}') from None
     model = make_model(int(interface['observation']['size']),
                        len(interface['actuator_names']), ckpt['config']['model'])
     state = ckpt['model']

@@ -104,10 +104,11 @@ def run_inline(
         The `RolloutResult`.
 
     Raises:
-        ValueError: bad times or rate, or a clip that does not fit the body.
+        ValueError: bad times or rate.
+        ClipError: the clip lacks joints of the body.
     """
     if list(clip.joint_names) != list(body.hinge_names):
-        raise ValueError('clip joints are not in the body hinge order; use clip.reorder_to')
+        clip = clip.reorder_to(body.hinge_names)  # joints matched by name; ClipError if missing
     if not 0.0 <= start_time_s < clip.duration_s:
         raise ValueError(
             f'start_time_s should be in [0, {clip.duration_s:.3f}) s: got {start_time_s}')

@@ -12,6 +12,8 @@ import mujoco
 import numpy as np
 import numpy.typing as npt
 
+from vrat_ros.tracking import body_distances
+
 # Joint groups by hinge name. The tail is not tracked and has no group.
 JOINT_GROUPS: dict[str, str] = {
     'spine': r'^vertebra_\d+_',
@@ -92,17 +94,7 @@ def plot_joint_tracking(times: npt.ArrayLike, sim_qpos: npt.ArrayLike, ref_qpos:
 def body_position_errors(model: mujoco.MjModel, sim_qpos: np.ndarray, ref_qpos: np.ndarray,
                          body_ids: npt.ArrayLike) -> np.ndarray:
     """Returns (T, len(body_ids)) distances (m) between sim and reference body positions."""
-    data = mujoco.MjData(model)
-    ids = np.asarray(body_ids)
-    out = np.empty((len(sim_qpos), len(ids)))
-    for t in range(len(sim_qpos)):
-        data.qpos[:] = sim_qpos[t]
-        mujoco.mj_kinematics(model, data)
-        sim_pos = data.xpos[ids].copy()
-        data.qpos[:] = ref_qpos[t]
-        mujoco.mj_kinematics(model, data)
-        out[t] = np.linalg.norm(sim_pos - data.xpos[ids], axis=1)
-    return out
+    return body_distances(model, sim_qpos, ref_qpos, body_ids)
 
 
 def plot_body_error(times: npt.ArrayLike, sim_qpos: npt.ArrayLike, ref_qpos: npt.ArrayLike,

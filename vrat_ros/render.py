@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from vrat_ros import rat_constants as rc
 from vrat_ros.errors import VratError
+from vrat_ros.tracking import body_distances
 
 _LOG = logging.getLogger(__name__)
 
@@ -202,17 +203,7 @@ class SideBySideRenderer:
 def body_position_error_mm(model: mujoco.MjModel, sim_qpos: np.ndarray, ref_qpos: np.ndarray,
                            body_ids: npt.ArrayLike) -> np.ndarray:
     """Returns (T,) mean distance (mm) between sim and reference positions of `body_ids`."""
-    data = mujoco.MjData(model)
-    ids = np.asarray(body_ids)
-    out = np.empty(len(sim_qpos))
-    for t, (sim, ref) in enumerate(zip(sim_qpos, ref_qpos)):
-        data.qpos[:] = sim
-        mujoco.mj_kinematics(model, data)
-        sim_pos = data.xpos[ids].copy()
-        data.qpos[:] = ref
-        mujoco.mj_kinematics(model, data)
-        out[t] = 1e3 * float(np.mean(np.linalg.norm(sim_pos - data.xpos[ids], axis=1)))
-    return out
+    return 1e3 * body_distances(model, sim_qpos, ref_qpos, body_ids).mean(axis=1)
 
 
 def _check_qpos(name: str, qpos: npt.ArrayLike, nq: int) -> np.ndarray:

@@ -66,8 +66,9 @@ def directly_actuated_hinges(body: RatBody) -> np.ndarray:
     return np.array(sorted(j - 1 for j in joint_ids if j - 1 in tracked))
 
 
-def _forward_positions(model: mujoco.MjModel, qpos: np.ndarray) -> np.ndarray:
+def forward_positions(model: mujoco.MjModel, qpos: npt.ArrayLike) -> np.ndarray:
     """Returns (T, nbody, 3) world body positions (m) for each row of qpos, on scratch data."""
+    qpos = np.asarray(qpos, dtype=np.float64)
     data = mujoco.MjData(model)
     out = np.empty((qpos.shape[0], model.nbody, 3))
     for i, q in enumerate(qpos):
@@ -75,6 +76,14 @@ def _forward_positions(model: mujoco.MjModel, qpos: np.ndarray) -> np.ndarray:
         mujoco.mj_kinematics(model, data)
         out[i] = data.xpos
     return out
+
+
+def body_distances(model: mujoco.MjModel, sim_qpos: npt.ArrayLike, ref_qpos: npt.ArrayLike,
+                   body_ids: npt.ArrayLike) -> np.ndarray:
+    """Returns (T, len(body_ids)) distances (m) between simulated and reference body positions."""
+    ids = np.asarray(body_ids)
+    sim_x = forward_positions(model, sim_qpos)[:, ids]
+    return np.linalg.norm(sim_x - forward_positions(model, ref_qpos)[:, ids], axis=-1)
 
 
 def frame_failure(body: RatBody, sim_qpos: npt.ArrayLike, ref_qpos: npt.ArrayLike) -> str | None:
@@ -93,7 +102,7 @@ def frame_failure(body: RatBody, sim_qpos: npt.ArrayLike, ref_qpos: npt.ArrayLik
     if not np.all(np.isfinite(sim)):
         return REASON_NON_FINITE
     joints = 7 + body.tracked_hinge_idx
-    torso_z = _forward_positions(body.model, sim)[0, body.torso_id, 2]
+    torso_z = forward_positions(body.model, sim)[0, body.torso_id, 2]
     return tracking_failure(
         float(np.linalg.norm(sim[0, :3] - ref[0, :3])),
         float(np.sum((sim[0, joints] - ref[0, joints]) ** 2)),
@@ -156,8 +165,8 @@ def tracking_metrics(
     joints = 7 + body.tracked_hinge_idx
     joint_err = sim[:, joints] - ref[:, joints]
     actuated = 7 + directly_actuated_hinges(body)
-    sim_x = _forward_positions(body.model, sim)
-    ref_x = _forward_positions(body.model, ref)
+    sim_x = forward_positions(body.model, sim)
+    ref_x = forward_positions(body.model, ref)
     bodies = body.tracked_body_ids
     body_err = np.linalg.norm(sim_x[:, bodies] - ref_x[:, bodies], axis=-1)
     root_dist = np.linalg.norm(sim[:, :3] - ref[:, :3], axis=-1)

@@ -1,6 +1,7 @@
 """The `vrat` command: model summary, clip names, and one-line errors for bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -57,4 +58,14 @@ def test_node_with_a_parameter_of_the_wrong_type_says_so_and_exits_1():
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert 'cannot start' in proc.stderr and 'control_rate_hz' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_a_missing_gl_library_named_by_mujoco_gl_is_a_one_line_error(tmp_path):
+    # MUJOCO_GL naming a backend whose library is absent makes `import mujoco` itself fail.
+    env = dict(os.environ, MUJOCO_GL='no-such-backend')
+    proc = subprocess.run([sys.executable, '-m', 'vrat_ros.cli', 'clips'], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "cannot load MuJoCo with MUJOCO_GL='no-such-backend'" in proc.stderr
     assert 'Traceback' not in proc.stderr

@@ -81,3 +81,17 @@ def test_render_video_rejects_bad_inputs(states, tmp_path):
         list(render.render_frames(sim[:, :10], ref, FPS))
     with pytest.raises(ValueError, match='should match'):
         list(render.render_frames(sim[:3], ref, FPS))
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--fps', '0'], '--fps should be a number in (0, 1000]: got 0.0'),
+    (['--fps', 'nan'], '--fps should be a number in (0, 1000]: got nan'),
+    (['--width', '100000'], '--width should be between 16 and 4096 pixels: got 100000'),
+    (['--height', '4'], '--height should be between 16 and 4096 pixels: got 4'),
+])
+def test_render_refuses_impossible_settings_before_any_work(argv, message, tmp_path, capsys):
+    from vrat_ros.cli import main
+    out = tmp_path / 'video.gif'
+    assert main(['render', '--controller', 'none', '--out', str(out)] + argv) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()

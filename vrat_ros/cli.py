@@ -289,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         argv = remove_ros_args(['vrat'] + list(argv))[1:]
     except ImportError:
         pass
+    try:
+        import mujoco  # noqa: F401  (fails at import when MUJOCO_GL names a missing library)
+    except Exception as exc:  # mujoco raises several kinds here; all mean the same to a user
+        print(f"vrat: cannot load MuJoCo with MUJOCO_GL={os.environ.get('MUJOCO_GL', '')!r}: "
+              f'{type(exc).__name__}: {exc}. Unset MUJOCO_GL, or install the library it names '
+              '(e.g. libosmesa6 for osmesa), or use MUJOCO_GL=egl.', file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

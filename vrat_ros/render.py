@@ -327,8 +327,23 @@ def sample_clip(clip, fps: float, start_s: float = 0.0,
     return np.stack([clip.sample(t) for t in times])
 
 
+# Largest frame side accepted: offscreen framebuffers beyond this fail on common GL drivers.
+MAX_FRAME_PIXELS = 4096
+
+
+def check_render_settings(fps: float, width: int, height: int) -> None:
+    """Raises ValueError, before any work, for a frame rate or frame size that cannot work."""
+    if not (np.isfinite(fps) and 0 < fps <= 1000):
+        raise ValueError(f'--fps should be a number in (0, 1000]: got {fps}')
+    for name, value in (('width', width), ('height', height)):
+        if not 16 <= value <= MAX_FRAME_PIXELS:
+            raise ValueError(f'--{name} should be between 16 and {MAX_FRAME_PIXELS} pixels: '
+                             f'got {value}')
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     import sys
+    check_render_settings(args.fps, args.width, args.height)
     from vrat_ros import resources
     from vrat_ros.clip import Clip
     from vrat_ros.rat_model import RatBody

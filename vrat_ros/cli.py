@@ -108,12 +108,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         },
     }
     if not args.no_baselines:
-        from vrat_ros.controllers import PDController
-        from vrat_ros.controllers import ZeroController
+        from vrat_ros.evaluate import make_controller
         from vrat_ros.rollout import run_inline
         report['baselines'] = {}
-        for name, controller in (('zero_torque', ZeroController()), ('pd', PDController())):
-            base = run_inline(body, clip, controller, seconds=result.sim_seconds,
+        for name, kind in (('zero_torque', 'zero'), ('pd', 'pd')):
+            base = run_inline(body, clip, make_controller(kind), seconds=result.sim_seconds,
                               start_time_s=args.start)
             report['baselines'][name] = _metrics_subset(base.metrics)
     if args.record:
@@ -259,11 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     from vrat_ros import analysis
     from vrat_ros import bench
     from vrat_ros import cli_import
+    from vrat_ros import evaluate
     from vrat_ros import render
     cli_import.add_subcommands(sub)
     render.add_subcommands(sub)
     analysis.add_subcommands(sub)
     bench.add_subcommands(sub)
+    evaluate.add_subcommands(sub)
     try:
         from vrat_ros import recorder
     except ImportError as exc:  # no rclpy: say so when these commands are asked for

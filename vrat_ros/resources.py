@@ -5,6 +5,11 @@ import importlib.resources
 DEFAULT_CLIP = 'rat23_dannce_1000f.npz'
 DEFAULT_POLICY = 'rat_inverse_dynamics.onnx'
 
+# The held-out split: real Rat7M walking and rearing (20-marker motion capture, imported from
+# spoonsso/dannce's demo_indices.mat; see each clip's meta). These clips are never used for
+# training; `vrat eval` scores on them by default.
+HELD_OUT_CLIPS = ('rat7m_walk_2010_2310', 'rat7m_rear_2460_2600')
+
 
 def data_path(*parts: str) -> str:
     """Returns the path of a file under vrat_ros/data/ (it may not exist)."""

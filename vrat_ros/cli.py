@@ -260,11 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     from vrat_ros import cli_import
     from vrat_ros import evaluate
     from vrat_ros import render
+    from vrat_ros import retarget
     cli_import.add_subcommands(sub)
     render.add_subcommands(sub)
     analysis.add_subcommands(sub)
     bench.add_subcommands(sub)
     evaluate.add_subcommands(sub)
+    retarget.add_subcommands(sub)
     try:
         from vrat_ros import recorder
     except ImportError as exc:  # no rclpy: say so when these commands are asked for

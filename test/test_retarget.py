@@ -124,3 +124,22 @@ def test_user_robot_by_path_retargets_too(tmp_path, source):
     # The toy's hips stand 0.26 m high: half the quadruped's scale.
     assert 2.5 < report['scale'] < 4.5
     assert np.all(np.isfinite(clip.qpos))
+
+
+@needs_rat_data
+def test_planted_feet_stay_still_in_stance(quadruped, source):
+    # Opt-in planting (experimental, see RetargetOptions.plant_feet): a foot on the floor does
+    # not slide, and the scale comes from stepping range (robot reach / rat step spread).
+    opts = rt.RetargetOptions(plant_feet=True, scale_from='step', reach_m=0.12,
+                              yaw_sigma_s=0.5, time_scale=5.0, out_fps=25.0)
+    clip, report = rt.retarget_keypoints(quadruped, source, (2601, 2661), opts)
+    # Measured on these 60 frames only: 2 x 0.12 m over a 33 mm marker spread.
+    assert report['scale'] == pytest.approx(7.22, abs=0.01)
+    assert report['scale_from']['method'] == 'step'
+    feet = clip.keypoints
+    down = np.isclose(feet[..., 2], 0.08)
+    still = down[1:] & down[:-1]
+    moved = np.linalg.norm(np.diff(feet[..., :2], axis=0), axis=-1)[still]
+    assert still.sum() > 0.5 * still.size and np.all(moved < 1e-9)
+    gaps = report['keypoint_gaps']
+    assert sum(gaps[n]['rat_timed'] for n in ('ShinL', 'ShinR')) >= 2

@@ -66,11 +66,15 @@ class RetargetOptions:
     """Settings of `retarget_keypoints`.
 
     Attributes:
-        scale: robot size / rat size; None measures it from limb lengths (`limb_scale`).
+        scale: robot size / rat size; None measures it (`scale_from`).
+        scale_from: 'step' (`step_scale`: the robot's foot reach over the rat's foot
+            excursion) or 'hip_height' (`limb_scale`).
         time_scale: robot seconds per rat second: 'froude' (sqrt(scale)) or a number.
         out_fps: frame rate of the robot clip.
         source_fps: frame rate of the recording; None takes the file's, else 30 Hz (Rat7M).
         smooth_sigma_frames: Gaussian smoothing of the keypoint paths (source frames).
+        yaw_sigma_s: extra Gaussian smoothing of the trunk heading (rat seconds): the rat's
+            spine markers swing from side to side with every step, which a rigid trunk cannot.
         max_pitch_rad: limit of the trunk pitch about its median.
         trunk_height_limits: limits of the trunk's rise and fall, as fractions of the robot's
             standing height (below, above).
@@ -78,27 +82,51 @@ class RetargetOptions:
         stance_percentile: the percentile of the limb end's height taken as stance level.
         max_lift_fraction: the highest foot lift, as a fraction of the robot's standing
             height (a rat lifts its forepaws far higher when it rears than a quadruped can).
-        stance_lift_m: if set, a robot foot lifted less than this is in stance: it is put on
-            the floor and held (planted) until it lifts again, and swings move it from one
-            foothold to the next. Off by default: tried at 0.015 m it made the IK error worse
-            (mean 70 mm at the limb-length scale), because long stance runs hold feet while
-            the trunk turns away (see `_plant`).
+        plant_feet: hold every robot foot still on the floor while the rat's limb is in stance
+            and move it only in swings (`_plan_feet`); False (the default, used for the shipped
+            clips) lets the feet follow the scaled marker paths (they slide, and PD on such a
+            clip loses the root within seconds).
+            NOTE: planting is experimental and not yet better: with it the IK error falls
+            (mean 6-9 mm at scale 3.8), but in MuJoCo the swing foot of the quadruped does not
+            leave the floor (the body sags 4-8 cm under PD and tips onto the lifted foot), so
+            PD still tracks only 7-52 % of a clip.
+        swing_speed: a limb end is in swing while its horizontal speed exceeds
+            swing_speed[0] + swing_speed[1] x the trunk's speed (rat m/s); slower is stance.
+        swing_s: shortest and longest swing of the robot (robot seconds).
+        foot_inset_m: the robot's home foothold: its standing foot position moved this far
+            towards the hip (the standing pose has the legs near full reach).
+        reach_m: a planted foot farther than this from its home (in the trunk frame) steps
+            again (a re-step), whatever the rat does; footholds are chosen within it.
+        max_swing_feet: re-steps wait while this many feet are already in the air.
+        clearance_m: the least foot lift at mid-swing (robot metres).
+        sway_m, sway_lead_s: the trunk moves this far away from a foot in the air, starting
+            this long before it lifts (`_sway`); the footholds are planned on the unswayed path.
         ik_iterations: Gauss-Newton iterations per frame (warm-started from the last frame).
         posture_weight: pull towards the standing pose (m of foot error per rad).
         equality_weight: weight of the model's equality constraints in the IK.
     """
 
     scale: float | None = None
+    scale_from: str = 'hip_height'
     time_scale: str | float = 'froude'
     out_fps: float = 50.0
     source_fps: float | None = None
     smooth_sigma_frames: float = 1.0
+    yaw_sigma_s: float = 0.0
     max_pitch_rad: float = 0.3
     trunk_height_limits: tuple[float, float] = (0.2, 0.1)
     stance_window_s: float = 1.0
     stance_percentile: float = 10.0
     max_lift_fraction: float = 0.25
-    stance_lift_m: float | None = None
+    plant_feet: bool = False
+    swing_speed: tuple[float, float] = (0.08, 0.6)
+    swing_s: tuple[float, float] = (0.25, 0.6)
+    foot_inset_m: float = 0.0
+    reach_m: float = 0.15
+    max_swing_feet: int = 1
+    clearance_m: float = 0.06
+    sway_m: float = 0.1
+    sway_lead_s: float = 0.3
     ik_iterations: int = 25
     posture_weight: float = 0.03
     equality_weight: float = 3.0
@@ -244,7 +272,12 @@ def _keypoint_index(robot: Robot, source: Source) -> dict[str, int]:
 
 def _targets(robot: Robot, source: Source, frames: tuple[int, int], scale: float,
              opts: RetargetOptions) -> tuple[dict, dict]:
-    """Returns the robot's root and foot targets per output frame, and notes on gaps."""
+    """Returns root and foot targets per source frame, and notes on gaps.
+
+    The feet are the unplanted paths ('want': the scaled limb-end offset in the trunk frame
+    about the robot's home foothold), their lift, and the rat's stance (1), swing (0) or
+    unknown (NaN: the marker is missing) per frame.
+    """
     spec, (a, b) = robot.spec, frames
     index = _keypoint_index(robot, source)
     xyz = source.xyz[a:b]
@@ -261,21 +294,20 @@ def _targets(robot: Robot, source: Source, frames: tuple[int, int], scale: float
 
     sigma = opts.smooth_sigma_frames
 
-    def smooth(x):
-        return scipy.ndimage.gaussian_filter1d(x, sigma, axis=0, mode='nearest') if sigma else x
+    def smooth(x, s=sigma):
+        return scipy.ndimage.gaussian_filter1d(x, s, axis=0, mode='nearest') if s else x
 
     front, back = smooth(path(spec.trunk['front'])), smooth(path(spec.trunk['back']))
     centre = 0.5 * (front + back)
     heading = front - back
     yaw = np.unwrap(np.arctan2(heading[:, 1], heading[:, 0]))
+    yaw = smooth(yaw, opts.yaw_sigma_s * source.fps)
     pitch = np.arctan2(heading[:, 2], np.linalg.norm(heading[:, :2], axis=1))
     pitch = np.clip(pitch - np.median(pitch), -opts.max_pitch_rad, opts.max_pitch_rad)
     rot = _rot_z(yaw)
+    trunk_speed = np.linalg.norm(np.gradient(centre[:, :2], axis=0), axis=1) * source.fps
 
     stand = robot.stand_qpos()
-    data = mujoco.MjData(robot.model)
-    data.qpos[:] = stand
-    mujoco.mj_kinematics(robot.model, data)
     stand_z = float(stand[2])
     lo, hi = opts.trunk_height_limits
     rise = np.clip(scale * (centre[:, 2] - np.median(centre[:, 2])), -lo * stand_z, hi * stand_z)
@@ -283,62 +315,216 @@ def _targets(robot: Robot, source: Source, frames: tuple[int, int], scale: float
     root = np.column_stack([root_xy, stand_z + rise])
 
     window = max(3, int(round(opts.stance_window_s * source.fps)) | 1)
-    feet = {}
+    home = _home_feet(robot, opts)
+    want, lifts, stances = {}, {}, {}
     for limb in spec.limbs:
-        foot = spec.foot(limb.foot)
-        radius = robot.foot_radius(foot)
-        nominal = robot.foot_position(foot, data)[:2] - stand[:2]  # root at stand is level
         end = xyz[:, index[limb.end]]
+        seen = np.all(np.isfinite(end), axis=1)
         offset = np.einsum('tji,tj->ti', rot, end[:, :2] - centre[:, :2])  # R^T (end - c)
-        offset = np.where(np.isfinite(end[:, :2]), offset, np.nan)
+        offset = np.where(seen[:, None], offset, np.nan)
         offset, frac, gap = _fill_gaps(np.column_stack([offset, end[:, 2]]))
         notes[limb.end] = {'filled_fraction': round(frac, 4), 'longest_gap_frames': gap}
         offset = smooth(offset)
         stance = scipy.ndimage.percentile_filter(offset[:, 2], opts.stance_percentile,
                                                  size=window, mode='nearest')
-        lift = np.clip(scale * (offset[:, 2] - stance), 0.0, opts.max_lift_fraction * stand_z)
-        rel = nominal + scale * (offset[:, :2] - offset[:, :2].mean(axis=0))
-        xy = root_xy + np.einsum('tij,tj->ti', rot, rel)
-        if opts.stance_lift_m:
-            xy, lift, n_steps = _plant(xy, lift, opts.stance_lift_m)
-            notes[limb.end]['steps'] = n_steps
-        feet[limb.name] = np.column_stack([xy, radius + lift])
-    return {'root': root, 'yaw': yaw, 'pitch': pitch, 'feet': feet}, notes
+        lifts[limb.name] = np.clip(scale * (offset[:, 2] - stance), 0.0,
+                                   opts.max_lift_fraction * stand_z)
+        rel = home[limb.name] + scale * (offset[:, :2] - offset[:, :2].mean(axis=0))
+        want[limb.name] = root_xy + np.einsum('tij,tj->ti', rot, rel)
+        stances[limb.name] = _rat_stance(end, seen, trunk_speed, source.fps, opts)
+        known = np.isfinite(stances[limb.name])
+        notes[limb.end]['rat_stance_fraction'] = round(
+            float(np.mean(stances[limb.name][known])) if known.any() else float('nan'), 4)
+    return {'root': root, 'yaw': yaw, 'pitch': pitch, 'want': want, 'lift': lifts,
+            'stance': stances, 'home': home}, notes
 
 
-def _plant(xy: np.ndarray, lift: np.ndarray, threshold: float
-           ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Holds a foot still while it is on the floor; swings it between footholds.
+def _home_feet(robot: Robot, opts: RetargetOptions) -> dict[str, np.ndarray]:
+    """Each foot's home foothold in the trunk frame (xy): standing, moved in towards its hip."""
+    stand = robot.stand_qpos()
+    data = mujoco.MjData(robot.model)
+    data.qpos[:] = stand
+    mujoco.mj_kinematics(robot.model, data)
+    home = {}
+    for limb in robot.spec.limbs:
+        foot = robot.foot_position(robot.spec.foot(limb.foot), data)[:2] - stand[:2]
+        hip = data.xpos[_hip_body(robot, limb), :2] - stand[:2]
+        out = foot - hip
+        dist = float(np.linalg.norm(out))
+        home[limb.name] = foot - (opts.foot_inset_m * out / dist if dist > 1e-9 else 0.0)
+    return home
 
-    Stance = frames lifted less than `threshold`: the foot goes to the floor at the mean
-    position of that stance run. Swing frames move from one foothold to the next along a
-    smoothstep in time, at their own lift. Returns xy, lift and the number of swings.
 
-    NOTE: a stance run is never split, so a foot held while the trunk turns in place ends
-    out of reach; re-stepping when a held foot drifts too far is not done yet.
+def _rat_stance(end: np.ndarray, seen: np.ndarray, trunk_speed: np.ndarray, fps: float,
+                opts: RetargetOptions) -> np.ndarray:
+    """Per source frame: 1.0 while the limb end is in stance, 0.0 in swing, NaN if unseen.
+
+    Swing = horizontal speed (central differences of the lightly smoothed marker) above
+    swing_speed[0] + swing_speed[1] x the trunk speed. Single-frame swings and single-frame
+    stances are removed (marker noise).
     """
-    stance = lift < threshold
-    n = len(xy)
-    runs, start = [], None
-    for i in range(n + 1):
-        if i < n and stance[i] and start is None:
-            start = i
-        elif (i == n or not stance[i]) and start is not None:
-            runs.append((start, i))
-            start = None
-    if not runs:  # never on the floor (e.g. a rear): leave the path as it is
-        return xy, lift, 0
-    out, lift = xy.copy(), np.where(stance, 0.0, lift)
-    holds = [xy[a:b].mean(axis=0) for a, b in runs]
-    for (a, b), hold in zip(runs, holds):
-        out[a:b] = hold
-    out[:runs[0][0]] = holds[0]
-    out[runs[-1][1]:] = holds[-1]
-    for (_, b0), (a1, _), h0, h1 in zip(runs[:-1], runs[1:], holds[:-1], holds[1:]):
-        s = (np.arange(b0, a1) - b0 + 1) / (a1 - b0 + 1)
-        s = s * s * (3.0 - 2.0 * s)
-        out[b0:a1] = h0 + s[:, None] * (h1 - h0)
-    return out, lift, len(runs) - 1
+    xy = np.where(seen[:, None], end[:, :2], np.nan)
+    speed = np.full(len(xy), np.nan)
+    if len(xy) >= 3:
+        speed[1:-1] = np.linalg.norm(xy[2:] - xy[:-2], axis=1) * fps / 2.0
+    limit = opts.swing_speed[0] + opts.swing_speed[1] * trunk_speed
+    state = np.where(np.isfinite(speed), (speed <= limit).astype(float), np.nan)
+    for value in (0.0, 1.0):  # drop lone frames of either state between the other
+        lone = np.flatnonzero(state[1:-1] == value) + 1
+        lone = lone[(state[lone - 1] == 1.0 - value) & (state[lone + 1] == 1.0 - value)]
+        state[lone] = 1.0 - value
+    return state
+
+
+def step_scale(robot: Robot, source: Source, windows, opts: RetargetOptions | None = None
+               ) -> dict:
+    """Returns a robot/rat scale from stepping range, with the ranges it came from.
+
+    The rat's: the spread (5th to 95th percentile) of each limb end's fore-aft offset from the
+    trunk centre in the trunk's heading frame over `windows` (frames), averaged over the limbs
+    (each weighted by its seen frames). The robot's: the diameter 2 x reach_m of the circle in
+    which its planted feet stay (`_plan_feet`). So a rat step fills the robot's reach, instead
+    of overrunning it as with the hip-height ratio (`limb_scale`).
+    """
+    opts = opts or RetargetOptions()
+    index = _keypoint_index(robot, source)
+    spec = robot.spec
+    spreads, weights = {}, {}
+    for limb in spec.limbs:
+        values = []
+        for a, b in windows:
+            xyz = source.xyz[a:b]
+            heading = xyz[:, index[spec.trunk['front']]] - xyz[:, index[spec.trunk['back']]]
+            centre = 0.5 * (xyz[:, index[spec.trunk['front']]] + xyz[:, index[spec.trunk['back']]])
+            yaw = np.arctan2(heading[:, 1], heading[:, 0])
+            rel = xyz[:, index[limb.end], :2] - centre[:, :2]
+            values.append(np.cos(yaw) * rel[:, 0] + np.sin(yaw) * rel[:, 1])
+        values = np.concatenate(values)
+        values = values[np.isfinite(values)]
+        if values.size < 10:
+            raise ClipError(f"keypoint '{limb.end}' is seen in fewer than 10 frames of {windows}")
+        lo, hi = np.percentile(values, [5.0, 95.0])
+        spreads[limb.name], weights[limb.name] = float(hi - lo), values.size
+    rat = float(np.average(list(spreads.values()), weights=list(weights.values())))
+    robot_span = 2.0 * opts.reach_m
+    return {'scale': robot_span / rat, 'rat_step_spread_m': {k: round(v, 5)
+                                                             for k, v in spreads.items()},
+            'rat_step_spread_mean_m': round(rat, 5), 'robot_reach_diameter_m': robot_span}
+
+
+def _plan_feet(root_xy: np.ndarray, yaw: np.ndarray, want: np.ndarray, lift: np.ndarray,
+               stance: np.ndarray, home: np.ndarray, radius: np.ndarray,
+               opts: RetargetOptions) -> tuple[np.ndarray, dict]:
+    """Plants the feet: footholds held in stance, swings between them (output frames).
+
+    Args:
+        root_xy: (T, 2) trunk path; yaw: (T,) heading.
+        want: (T, L, 2) unplanted foot paths (scaled rat limb ends about the home footholds).
+        lift: (T, L) scaled lift of the rat's limb ends.
+        stance: (T, L) the rat's stance (>= 0.5), swing (< 0.5) or unknown (NaN).
+        home: (L, 2) home footholds in the trunk frame; radius: (L,) foot radii.
+        opts: swing_s, reach_m, max_swing_feet, clearance_m, out_fps.
+
+    A foot lifts when the rat's limb does (stance to swing) and lands when the rat's limb is
+    in stance again (the swing held within swing_s). It also lifts, whatever the rat does,
+    when its foothold has left the circle reach_m about its home in the trunk frame (a
+    re-step: e.g. the trunk turns in place, or the rat's marker is missing), unless
+    max_swing_feet feet are already in the air. A new foothold is the unplanted path
+    half-way through the coming stance, pulled into the reach circle at touchdown.
+
+    Returns:
+        (T, L, 3) foot targets, and counts of rat-timed swings and re-steps per limb.
+    """
+    n, n_limbs = want.shape[:2]
+    fps = opts.out_fps
+    min_swing = max(2, int(round(opts.swing_s[0] * fps)))
+    max_swing = max(min_swing, int(round(opts.swing_s[1] * fps)))
+    hold = want[0].copy()
+    swings = [None] * n_limbs  # (start frame, end frame, from xy, to xy)
+    counts = {'rat_timed': [0] * n_limbs, 're_step': [0] * n_limbs}
+    intervals = []
+    feet = np.zeros((n, n_limbs, 3))
+    on = stance >= 0.5
+    off = stance < 0.5  # NaN is neither
+
+    def local(xy, t):
+        c, s = np.cos(yaw[t]), np.sin(yaw[t])
+        d = xy - root_xy[t]
+        return np.array([c * d[0] + s * d[1], -s * d[0] + c * d[1]])
+
+    def world(rel, t):
+        c, s = np.cos(yaw[t]), np.sin(yaw[t])
+        return root_xy[t] + np.array([c * rel[0] - s * rel[1], s * rel[0] + c * rel[1]])
+
+    for t in range(n):
+        for j in range(n_limbs):
+            if swings[j] is not None and t >= swings[j][1]:
+                hold[j] = swings[j][3]
+                swings[j] = None
+            if swings[j] is not None:
+                continue
+            rat_lifts = t > 0 and on[t - 1, j] and off[t, j]
+            drift = np.linalg.norm(local(hold[j], t) - home[j])
+            busy = sum(s is not None for s in swings) >= opts.max_swing_feet
+            if not rat_lifts and (drift <= opts.reach_m or busy):
+                continue
+            if rat_lifts:
+                land = t + 1
+                while land < n and not on[land, j] and land - t < max_swing:
+                    land += 1
+                land = min(max(land, t + min_swing), n - 1)
+            else:
+                land = min(t + min_swing, n - 1)
+            if land <= t:
+                continue
+            counts['rat_timed' if rat_lifts else 're_step'][j] += 1
+            intervals.append((j, t, land))
+            lifts_again = land + 1
+            while lifts_again < n and not (on[lifts_again - 1, j] and off[lifts_again, j]):
+                lifts_again += 1
+            mid = min(n - 1, (land + lifts_again) // 2, land + max_swing)
+            rel = local(want[mid, j], land) - home[j]
+            dist = np.linalg.norm(rel)
+            if dist > 0.8 * opts.reach_m:
+                rel *= 0.8 * opts.reach_m / dist
+            swings[j] = (t, land, hold[j].copy(), world(home[j] + rel, land))
+        for j in range(n_limbs):
+            if swings[j] is None:
+                feet[t, j] = [hold[j][0], hold[j][1], radius[j]]
+                continue
+            t0, t1, start, stop = swings[j]
+            s = (t - t0) / (t1 - t0)
+            ease = s * s * (3.0 - 2.0 * s)
+            up = max(opts.clearance_m * np.sin(np.pi * s), float(lift[t, j]))
+            feet[t, j, :2] = start + ease * (stop - start)
+            feet[t, j, 2] = radius[j] + up
+    return feet, counts, intervals
+
+
+def _sway(yaw: np.ndarray, intervals, home: np.ndarray, opts: RetargetOptions) -> np.ndarray:
+    """(T, 2) world shift of the trunk away from each foot in the air (static balance).
+
+    With four feet at the corners of a rectangle the centre of mass lies on the diagonal
+    between the two feet next to a lifted one, so the body tips onto the lifted foot. The trunk
+    moves sway_m away from that foot (along its home direction), starting sway_lead_s before
+    lift-off and back by sway_lead_s after touchdown; shifts of feet in the air together add,
+    then the sum is limited to sway_m and smoothed.
+    """
+    n = len(yaw)
+    shift = np.zeros((n, 2))
+    if not opts.sway_m or not intervals:
+        return shift
+    lead = max(1, int(round(opts.sway_lead_s * opts.out_fps)))
+    t = np.arange(n)
+    for j, t0, t1 in intervals:
+        w = np.clip(np.minimum((t - (t0 - lead)) / lead, ((t1 + lead) - t) / lead), 0.0, 1.0)
+        direction = -home[j] / max(float(np.linalg.norm(home[j])), 1e-9)
+        shift += w[:, None] * direction
+    size = np.linalg.norm(shift, axis=1, keepdims=True)
+    shift *= opts.sway_m / np.maximum(size, 1.0)
+    shift = scipy.ndimage.gaussian_filter1d(shift, lead / 3.0, axis=0, mode='nearest')
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.column_stack([c * shift[:, 0] - s * shift[:, 1], s * shift[:, 0] + c * shift[:, 1]])
 
 
 def _resample(series: np.ndarray, src_fps: float, time_scale: float, out_fps: float
@@ -465,8 +651,7 @@ def retarget_keypoints(robot: Robot, source: Source, frames: tuple[int, int],
     """
     opts = opts or RetargetOptions()
     if scale_info is None:
-        scale_info = ({'scale': float(opts.scale)} if opts.scale is not None
-                      else limb_scale(robot, source, frames))
+        scale_info = _measure_scale(robot, source, [frames], opts)
     scale = float(scale_info['scale'])
     if not np.isfinite(scale) or scale <= 0:
         raise ClipError(f'retarget scale should be a positive number, got {scale}')
@@ -474,17 +659,31 @@ def retarget_keypoints(robot: Robot, source: Source, frames: tuple[int, int],
     src_fps = float(opts.source_fps or source.fps)
 
     targets, notes = _targets(robot, source, frames, scale, opts)
-    root = _resample(targets['root'], src_fps, time_scale, opts.out_fps)
-    yaw = _resample(targets['yaw'], src_fps, time_scale, opts.out_fps)
-    pitch = _resample(targets['pitch'], src_fps, time_scale, opts.out_fps)
-    feet = np.stack([_resample(targets['feet'][limb.name], src_fps, time_scale, opts.out_fps)
-                     for limb in robot.spec.limbs], axis=1)  # (T, L, 3)
+
+    def resample(x):
+        return _resample(x, src_fps, time_scale, opts.out_fps)
+
+    root, yaw, pitch = (resample(targets[k]) for k in ('root', 'yaw', 'pitch'))
+    limbs = robot.spec.limbs
+    want = np.stack([resample(targets['want'][limb.name]) for limb in limbs], axis=1)
+    lift = np.stack([resample(targets['lift'][limb.name]) for limb in limbs], axis=1)
+    radius = np.array([robot.foot_radius(robot.spec.foot(limb.foot)) for limb in limbs])
     # Start at the origin, facing +x: the clip's own frame, wherever the rat was.
     origin, yaw0 = root[0, :2].copy(), float(yaw[0])
     rot0 = _rot_z(np.array(-yaw0))
     root[:, :2] = (root[:, :2] - origin) @ rot0.T
-    feet[..., :2] = (feet[..., :2] - origin) @ rot0.T
+    want = (want - origin) @ rot0.T
     yaw = yaw - yaw0
+    if opts.plant_feet:
+        stance = np.stack([resample(targets['stance'][limb.name]) for limb in limbs], axis=1)
+        home = np.stack([targets['home'][limb.name] for limb in limbs])
+        feet, counts, intervals = _plan_feet(root[:, :2], yaw, want, lift, stance, home,
+                                             radius, opts)
+        for j, limb in enumerate(limbs):
+            notes[limb.end].update({k: int(v[j]) for k, v in counts.items()})
+        root[:, :2] += _sway(yaw, intervals, home, opts)
+    else:
+        feet = np.concatenate([want, (radius + lift)[..., None]], axis=-1)
 
     ik = FootIK(robot, opts)
     n = len(root)
@@ -512,6 +711,7 @@ def retarget_keypoints(robot: Robot, source: Source, frames: tuple[int, int],
         'source_fps': src_fps,
         'scale': round(scale, 6),
         'scale_from': {k: v for k, v in scale_info.items() if k != 'scale'},
+        'feet_planted': bool(opts.plant_feet),
         'time_scale': round(float(time_scale), 6),
         'out_fps': opts.out_fps,
         'n_frames': n,
@@ -636,12 +836,8 @@ def write_split(robot_name: str, source_path: str, out_dir: str,
     robot = Robot(robot_name)
     source = read_source(source_path)
     opts = opts or RetargetOptions()
-    infos = [limb_scale(robot, source, w) for w in training_windows]
-    weights = np.array([b - a for a, b in training_windows], dtype=float)
-    scale_info = {
-        'scale': float(np.average([i['scale'] for i in infos], weights=weights)),
-        'measured_on_frames': [list(w) for w in training_windows],
-    }
+    scale_info = _measure_scale(robot, source, training_windows, opts)
+    scale_info['measured_on_frames'] = [list(w) for w in training_windows]
     written = {}
     jobs = [(f'{robot.spec.name}_train_{a}_{b}.npz', (a, b), 'train')
             for a, b in training_windows]
@@ -656,6 +852,23 @@ def write_split(robot_name: str, source_path: str, out_dir: str,
         clip.save(path)
         written[name] = report
     return written
+
+
+def _measure_scale(robot: Robot, source: Source, windows, opts: RetargetOptions) -> dict:
+    """The scale to use: opts.scale if given, else measured over `windows` (frame ranges)."""
+    if opts.scale is not None:
+        return {'scale': float(opts.scale), 'method': 'given'}
+    if opts.scale_from == 'step':
+        return {**step_scale(robot, source, windows, opts), 'method': 'step'}
+    if opts.scale_from == 'hip_height':
+        infos = [limb_scale(robot, source, w) for w in windows]
+        weights = np.array([b - a for a, b in windows], dtype=float)
+        out = {'scale': float(np.average([i['scale'] for i in infos], weights=weights)),
+               'method': 'hip_height'}
+        if len(infos) == 1:
+            out.update({k: v for k, v in infos[0].items() if k != 'scale'})
+        return out
+    raise ClipError(f"scale_from should be 'step' or 'hip_height', got {opts.scale_from!r}")
 
 
 def _cmd_retarget(args: argparse.Namespace) -> int:

@@ -40,6 +40,32 @@ def test_window_and_velocity():
     assert vel[6] == pytest.approx(30.0)
 
 
+def test_states_sample_positions_and_interpolate_frame_velocities():
+    clip = _clip()
+    times = [0.0, 0.1, 0.5 / 30, 0.5, 0.51, clip.duration_s, 99.0]
+    qpos, qvel = clip.states(times)
+    assert qpos.shape == (7, 9) and qvel.shape == (7, 8)
+    for t, q in zip(times, qpos):
+        np.testing.assert_array_equal(q, clip.sample(t))  # the same numbers, not just close
+    # Constant rates: 0.3 m/s, 0.6 rad/s of yaw, 30 frames/s; the ends use one-sided steps.
+    np.testing.assert_allclose(qvel[:, 0], 0.3)
+    np.testing.assert_allclose(qvel[:, 5], 0.6)
+    np.testing.assert_allclose(qvel[:, 6], 30.0)
+    np.testing.assert_allclose(qvel[:, [1, 2, 3, 4, 7]], 0.0, atol=1e-12)
+    np.testing.assert_allclose(qvel[3], clip.velocity(0.5))
+
+
+def test_frame_velocities_blend_a_change_of_speed():
+    qpos = np.zeros((4, 8))
+    qpos[:, 3] = 1.0
+    qpos[:, 7] = [0.0, 0.0, 1.0, 2.0]  # still, then 1 rad per frame from frame 1 on
+    clip = Clip(qpos=qpos, fps=10.0, joint_names=['j0'], body_scale=1.0, meta={})
+    np.testing.assert_allclose(clip.frame_velocities()[:, 6], [0.0, 5.0, 10.0, 10.0])
+    _, qvel = clip.states([0.05, 0.15])
+    np.testing.assert_allclose(qvel[:, 6], [2.5, 7.5])  # halfway between the frames' values
+    assert clip.velocity(0.15)[6] == pytest.approx(10.0)  # the slope of that interval
+
+
 def test_save_load_round_trip(tmp_path):
     clip = _clip()
     path = tmp_path / 'c.npz'

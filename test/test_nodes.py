@@ -28,8 +28,10 @@ from vrat_ros.clip import Clip  # noqa: E402
 from vrat_ros.kinematics import quat_to_mat  # noqa: E402
 from vrat_ros.kinematics import wxyz_to_xyzw  # noqa: E402
 from vrat_ros.loop import run_ros_loop  # noqa: E402
+from vrat_ros.node_main import make_executor  # noqa: E402
 from vrat_ros.observation import build_observation  # noqa: E402
 from vrat_ros.policy import OnnxPolicy  # noqa: E402
+from vrat_ros.policy import SessionSettings  # noqa: E402
 from vrat_ros.policy_node import interpolation_weights  # noqa: E402
 from vrat_ros.policy_node import PolicyNode  # noqa: E402
 from vrat_ros.reference_node import ReferenceNode  # noqa: E402
@@ -304,6 +306,21 @@ def test_sim_ignores_stale_command_stamps(ros):
     assert rig.node.control_steps == 1 and rig.node.rejected_commands == 0
 
 
+@pytest.mark.parametrize('every_physics_step', [False, True], ids=['per_control', 'per_physics'])
+def test_sim_clock_once_per_control_step_unless_asked(ros, every_physics_step):
+    rig = SimRig(ros, clock_every_physics_step=every_physics_step)
+    clocks = ros.collect(ClockMsg, f'{rig.node.get_namespace()}/clock')
+    ros.connect(rig.node.clock_pub)
+    for _ in range(2):
+        rig.step_named(np.zeros(rig.node.body.nu))
+    # Reliable and in order: once 40 ms is heard, every earlier clock has been heard too.
+    assert ros.spin_until(lambda: clocks and stamp_to_ns(clocks[-1].clock) == 2 * DT_NS)
+    heard = {stamp_to_ns(c.clock) for c in clocks} - {0}  # 0 is re-sent while it waits
+    step_ns = 2 * MS if every_physics_step else DT_NS
+    assert heard == set(range(step_ns, 2 * DT_NS + 1, step_ns))
+    assert rig.node.time_ns == 2 * DT_NS and rig.node.physics_steps == 20
+
+
 def test_sim_clamps_torques_to_force_limits_and_counts_saturation(ros):
     rig = SimRig(ros)
     gain = rig.node.body.actuator_gain
@@ -379,6 +396,39 @@ def test_sim_halts_on_non_finite_state_and_stays_alive(ros, capfd):
     assert 'physics diverged' in capfd.readouterr().err
 
 
+def test_policy_takes_onnxruntime_options_and_refuses_bad_ones(ros, tiny_policy_path):
+    default = ros.add(PolicyNode(**ros.node_kwargs('default', policy_file=tiny_policy_path)))
+    assert default.policy.session_settings == SessionSettings()
+    opts = default.policy.session.get_session_options()
+    assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+    assert opts.get_session_config_entry('session.intra_op.allow_spinning') == '0'
+    tuned = ros.add(PolicyNode(**ros.node_kwargs('tuned', policy_file=tiny_policy_path, **{
+        'onnxruntime.intra_op_threads': 2, 'onnxruntime.allow_spinning': True})))
+    opts = tuned.policy.session.get_session_options()
+    assert opts.intra_op_num_threads == 2
+    assert opts.get_session_config_entry('session.intra_op.allow_spinning') == '1'
+    obs = np.linspace(-1.0, 1.0, default.policy.observation_size)
+    np.testing.assert_allclose(tuned.policy.run(obs), default.policy.run(obs), atol=1e-6)
+    with pytest.raises(ValueError, match="execution_mode should be one of .* got 'bogus'"):
+        PolicyNode(**ros.node_kwargs('bad', policy_file=tiny_policy_path,
+                                     **{'onnxruntime.execution_mode': 'bogus'}))
+
+
+@pytest.mark.parametrize('kind, expected', [
+    (None, 'EventsExecutor'), ('single_threaded', 'SingleThreadedExecutor')])
+def test_node_executables_spin_on_the_executor_asked_for(ros, kind, expected):
+    params = {} if kind is None else {'executor': kind}
+    node = ros.add(Node('spun', **ros.node_kwargs(**params)))
+    executor = make_executor(node)
+    try:
+        assert type(executor).__name__ == expected
+    finally:
+        executor.shutdown()
+    bad = ros.add(Node('spun_bad', **ros.node_kwargs('bad', executor='threads')))
+    with pytest.raises(ValueError, match="executor should be one of .* got 'threads'"):
+        make_executor(bad)
+
+
 # Reference node.
 
 @pytest.mark.parametrize('rate_hz', [25.0, 50.0, 100.0], ids=['25Hz', '50Hz', '100Hz'])
@@ -399,8 +449,11 @@ def test_reference_picks_frames_by_time(ros, synthetic_clip_path, rate_hz):
         assert ros.spin_until(lambda: node.last_clock_ns == t_ns)
     period_ns = round(1e9 / rate_hz)
     ticks = list(range((950 * MS // period_ns) * period_ns, 1000 * MS + 1, period_ns))
-    assert ros.spin_until(lambda: len(windows) == len(roots) == len(ticks))
-    assert [stamp_to_ns(w.header.stamp) for w in windows] == ticks
+    # One window per tick, each sent one tick early (publish_ahead): the last is the next one.
+    sent = ticks + [ticks[-1] + period_ns]
+    assert ros.spin_until(lambda: len(windows) == len(roots) == len(sent))
+    assert [stamp_to_ns(w.header.stamp) for w in windows] == sent
+    assert [stamp_to_ns(r.header.stamp) for r in roots] == sent
 
     # The point aimed at t = 1.0 s carries frame 30 of the 30 Hz clip, whatever the rate.
     hits = [(w, p) for w in windows for p in w.points
@@ -408,12 +461,15 @@ def test_reference_picks_frames_by_time(ros, synthetic_clip_path, rate_hz):
     assert hits
     for _, point in hits:
         np.testing.assert_array_equal(point.positions, clip.qpos[30, 7:])
-    last, root = windows[-1], roots[-1]
+    last, root = windows[-2], roots[-2]  # the window of t = 1.0 s
+    assert stamp_to_ns(last.header.stamp) == 1000 * MS
     assert last.joint_names == clip.joint_names and root.joint_names == ['root']
     for k, (point, pose) in enumerate(zip(last.points, root.points), start=1):
         assert stamp_to_ns(point.time_from_start) == k * DT_NS
         q = clip.sample(1.0 + k * 0.02)
         np.testing.assert_allclose(point.positions, q[7:], rtol=0, atol=1e-12)
+        qvel = clip.states([1.0 + k * 0.02])[1][0]  # per-frame velocities, interpolated
+        np.testing.assert_allclose(point.velocities, qvel[6:], rtol=0, atol=1e-12)
         r = pose.transforms[0].rotation
         np.testing.assert_allclose([r.x, r.y, r.z, r.w], wxyz_to_xyzw(q[3:7]), atol=1e-12)
 

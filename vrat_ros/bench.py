@@ -3,7 +3,8 @@
 Five measurements, one after the other in this process tree:
   inline         MuJoCo physics and the ONNX policy called directly, no ROS
   ros_processes  the lockstep loop through the sim, reference and policy node executables,
-                 three processes, timed from the joint_states stamps a probe hears
+                 three processes, timed from the /clock a probe hears (one per step); the
+                 resident memory of each process is read from /proc/PID/status as it runs
   ros_in_process the same loop on one executor in this process (`vrat_ros.loop`)
   latency        the policy node as a process: joint state in -> command out, round trip
                  as a driver sees it, over many messages
@@ -12,6 +13,17 @@ Five measurements, one after the other in this process tree:
 
 Every node process runs in a private namespace, /clock included, and is stopped by its PID.
 Numbers are printed and optionally written as JSON; nothing here asserts a speed.
+
+The JSON report's headline keys (`run_bench`):
+  steps_per_s, realtime_factor   {loop: value} for inline, ros_processes, ros_in_process
+  ratio_lockstep_processes       ROS loop, three processes, steps/s over the inline loop's
+  ratio_lockstep_one_process     ROS loop, one process, steps/s over the inline loop's
+  latency_ms                     {p50, p99, max} of the policy node's round trip
+  jitter_p99_ms                  {rate: p99 |period error| (ms)} of the realtime sim's steps
+  memory_mb, memory_mb_total     peak resident memory (VmHWM, MiB) of each node process of the
+                                 three-process loop, and their sum
+  targets, targets_met           the targets of the README and whether this run met each
+with the details under modes, policy_latency, realtime_jitter and memory_detail.
 """
 
 from __future__ import annotations
@@ -33,6 +45,17 @@ from vrat_ros.errors import VratError
 
 DEFAULT_RATES_HZ = (50.0, 100.0, 500.0)
 _PERCENTILES = (50, 90, 99)
+# ROS node name of each node module, as memory_mb names them.
+NODE_NAMES = {'sim_node': 'rat_sim', 'reference_node': 'reference', 'policy_node': 'policy'}
+# The targets the README states, as (report key, comparison, bound).
+TARGETS = (
+    ('ratio_lockstep_processes', '>=', 0.8),
+    ('ratio_lockstep_one_process', '>=', 0.8),
+    ('latency_ms.p50', '<', 0.5),
+    ('latency_ms.p99', '<', 2.0),
+    ('jitter_p99_ms.*', '<', 1.0),
+    ('memory_mb_total', '<', 400.0),
+)
 
 
 class BenchError(VratError):
@@ -138,6 +161,33 @@ class NodeProcesses:
         self._procs = []
         return codes
 
+    def memory_mb(self) -> dict:
+        """{module: {'rss_mb', 'peak_mb'}} of each running process (VmRSS, VmHWM; MiB)."""
+        out = {}
+        for module, proc, _, _ in self._procs:
+            out[module] = read_memory_mb(proc.pid)
+        return out
+
+
+def read_memory_mb(pid: int) -> dict:
+    """Resident memory of a process from /proc/PID/status: {'rss_mb', 'peak_mb'} (MiB).
+
+    Raises:
+        BenchError: the process is gone or the kernel does not report it (not Linux).
+    """
+    fields = {}
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key in ('VmRSS', 'VmHWM'):
+                    fields[key] = int(value.split()[0]) / 1024.0  # kB -> MiB
+    except OSError as exc:
+        raise BenchError(f'cannot read the memory of process {pid}: {exc}') from exc
+    if len(fields) != 2:
+        raise BenchError(f'/proc/{pid}/status reports no VmRSS and VmHWM')
+    return {'rss_mb': fields['VmRSS'], 'peak_mb': fields['VmHWM']}
+
 
 class _Probe:
     """An rclpy node of its own context that listens and talks to the processes."""
@@ -198,18 +248,36 @@ def _stamps_listener(probe: _Probe, topic: str, depth: int = 1000) -> list:
     return seen
 
 
+def _clock_listener(probe: _Probe) -> list:
+    """Subscribes to the namespace's /clock; returns the list of (arrival s, clock ns).
+
+    The lockstep sim sends /clock once per control step, just before the state it stamps:
+    the lightest way for the probe to follow the loop without loading it.
+    """
+    from rosgraph_msgs.msg import Clock
+
+    from vrat_ros.ros_messages import stamp_to_ns
+    seen = []
+
+    def on_msg(msg: Clock) -> None:
+        seen.append((time.perf_counter(), stamp_to_ns(msg.clock)))
+    probe.node.create_subscription(Clock, 'clock', on_msg, 1000)
+    return seen
+
+
 def bench_ros_processes(clip_path: str, policy_path: str, seconds: float, namespace: str,
                         log_dir: str, startup_timeout_s: float = 60.0) -> dict:
     """The lockstep loop through three node processes, for `seconds` of sim time.
 
-    Steps per second come from the joint_states stamps the probe hears: the sim time they
-    cover over the wall time between hearing them, start-up excluded.
+    Steps per second come from the sim times the probe hears on /clock: the sim time they
+    cover over the wall time between hearing them, start-up excluded. The entry also holds
+    'node_memory', {module: {'rss_mb', 'peak_mb'}} of each process at the end of the run.
     """
     from vrat_ros.policy import read_contract
     contract = read_contract(policy_path)
     rate_hz = float(contract['control_rate_hz'])
     with _graph(namespace, log_dir) as (procs, probe):
-        seen = _stamps_listener(probe, 'joint_states')
+        seen = _clock_listener(probe)
         procs.start('sim_node', mode='lockstep', control_rate_hz=rate_hz, clip_file=clip_path)
         procs.start('reference_node', clip_file=clip_path, control_rate_hz=rate_hz,
                     window_frames=int(contract['reference']['frames']),
@@ -224,8 +292,11 @@ def bench_ros_processes(clip_path: str, policy_path: str, seconds: float, namesp
         probe.spin_until(lambda: seen[-1][1] >= target, stall_s, procs,
                          f'{seconds:g} s of sim time in the three-process loop')
         last_wall, last_stamp = seen[-1]
+        memory = procs.memory_mb()  # while they run: a process that has exited has no status
     steps = int(round((last_stamp - first_stamp) * 1e-9 * rate_hz))
-    return _rate_entry(steps, last_wall - first_wall, rate_hz)
+    entry = _rate_entry(steps, last_wall - first_wall, rate_hz)
+    entry['node_memory'] = memory
+    return entry
 
 
 def bench_ros_in_process(clip_path: str, policy_path: str, seconds: float,
@@ -295,9 +366,12 @@ def bench_policy_latency(clip_path: str, policy_path: str, messages: int, namesp
                          warmup: int = 20) -> dict:
     """Round trip joint state -> command through a policy node process, `messages` times.
 
-    For each message the probe publishes the reference windows and odometry of stamp t,
-    then the joint state, and waits for the command stamped t; the time from publishing
-    the joint state to receiving the command is one sample.
+    For each message the probe publishes the odometry of stamp t, then the joint state, and
+    waits for the command stamped t; the time from publishing the joint state to receiving
+    the command is one sample. The reference windows for t go out before, untimed, right
+    after the previous command: the reference node sends them independently of the driver,
+    so they are not part of the driver's round trip. The sample includes the probe's own
+    receiving (a Python executor), so it is an upper bound of the policy node's share.
     """
     from nav_msgs.msg import Odometry
     from sensor_msgs.msg import JointState
@@ -325,14 +399,18 @@ def bench_policy_latency(clip_path: str, policy_path: str, messages: int, namesp
         probe.spin_until(lambda: node.count_publishers('policy/effort') > 0,
                          startup_timeout_s, procs, 'the policy node to publish')
 
+        def send_windows(stamp_ns: int) -> None:
+            for pub, msg in zip(pubs[:2], (joints, root)):
+                msg.header.stamp = ns_to_time(stamp_ns)
+                pub.publish(msg)
+
         samples, lost = [], 0
+        send_windows(period_ns)
         for i in range(warmup + messages):
             stamp_ns = (i + 1) * period_ns
             stamp = ns_to_time(stamp_ns)
-            for msg in (joints, root, odom, js):
-                msg.header.stamp = stamp
-            for pub, msg in zip(pubs[:3], (joints, root, odom)):
-                pub.publish(msg)
+            odom.header.stamp = js.header.stamp = stamp
+            pubs[2].publish(odom)
             sent = time.perf_counter()
             pubs[3].publish(js)
             try:
@@ -341,7 +419,9 @@ def bench_policy_latency(clip_path: str, policy_path: str, messages: int, namesp
             except BenchError:
                 procs.check_alive()
                 lost += 1
+                send_windows(stamp_ns + period_ns)
                 continue
+            send_windows(stamp_ns + period_ns)
             if i >= warmup:
                 samples.append(answered.pop(stamp_ns) - sent)
             else:
@@ -441,23 +521,53 @@ def run_bench(clip_path: str, policy_path: str, seconds: float = 5.0, messages: 
                 rate, seconds, f'{base}/realtime_{int(rate)}', log_dir, clip_path,
                 startup_timeout_s)
 
-    sps = {name: entry['steps_per_s'] for name, entry in modes.items()}
-    ratios = {
-        'inline_over_ros_processes': sps['inline'] / sps['ros_processes'],
-        'inline_over_ros_in_process': sps['inline'] / sps['ros_in_process'],
-        'ros_in_process_over_ros_processes': sps['ros_in_process'] / sps['ros_processes'],
-    }
-    return {
+    memory_detail = {NODE_NAMES.get(m, m): v
+                     for m, v in modes['ros_processes'].pop('node_memory').items()}
+    memory = {node: v['peak_mb'] for node, v in memory_detail.items()}
+    inline_sps = modes['inline']['steps_per_s']
+    report = {
         'config': {'clip': os.path.abspath(clip_path), 'policy': os.path.abspath(policy_path),
                    'control_rate_hz': rate_hz, 'seconds': float(seconds),
                    'messages': int(messages), 'rates_hz': [float(r) for r in rates_hz],
                    'python': platform.python_version(), 'cpus': os.cpu_count() or 1,
                    'load_1min': round(os.getloadavg()[0], 2) or 0.01},
+        'steps_per_s': {name: entry['steps_per_s'] for name, entry in modes.items()},
+        'realtime_factor': {name: entry['realtime_factor'] for name, entry in modes.items()},
+        'ratio_lockstep_processes': modes['ros_processes']['steps_per_s'] / inline_sps,
+        'ratio_lockstep_one_process': modes['ros_in_process']['steps_per_s'] / inline_sps,
+        'latency_ms': {'p50': latency['p50_ms'], 'p99': latency['p99_ms'],
+                       'max': latency['max_ms']},
+        # The sender's view: the period the body gets, from the sim's own step stamps.
+        'jitter_p99_ms': {key: entry['sender']['p99_error_ms']
+                          for key, entry in realtime.items()},
+        'memory_mb': memory,
+        'memory_mb_total': float(sum(memory.values())),
         'modes': modes,
-        'ratios': ratios,
         'policy_latency': latency,
         'realtime_jitter': realtime,
+        'memory_detail': memory_detail,
     }
+    report['targets'] = {key: f'{op} {bound:g}' for key, op, bound in TARGETS}
+    report['targets_met'] = targets_met(report)
+    return report
+
+
+def _lookup(report: dict, key: str) -> dict:
+    """{key: value} of a dotted report key; a '*' part takes every entry of its dict."""
+    items = {'': report}
+    for part in key.split('.'):
+        items = {f'{path}.{k}'.lstrip('.'): value[k] for path, value in items.items()
+                 for k in (value if part == '*' else [part])}
+    return items
+
+
+def targets_met(report: dict) -> dict:
+    """{report key: True or False} for each target of TARGETS (a '*' target per entry)."""
+    met = {}
+    for key, op, bound in TARGETS:
+        for path, value in _lookup(report, key).items():
+            met[path] = bool(value >= bound if op == '>=' else value < bound)
+    return met
 
 
 def format_report(report: dict) -> str:
@@ -471,10 +581,6 @@ def format_report(report: dict) -> str:
         entry = report['modes'][key]
         lines.append(f'{label:<34}{entry["steps_per_s"]:>10.1f}'
                      f'{entry["realtime_factor"]:>13.2f}{entry["steps_per_s"] / inline:>11.3f}')
-    r = report['ratios']
-    lines.append(f'ratios: inline / 3 processes {r["inline_over_ros_processes"]:.2f}, '
-                 f'inline / 1 process {r["inline_over_ros_in_process"]:.2f}, '
-                 f'1 process / 3 processes {r["ros_in_process_over_ros_processes"]:.2f}')
     lat = report['policy_latency']
     lines.append('')
     lines.append(f'policy node latency, joint state in -> command out ({lat["messages"]} '
@@ -493,8 +599,17 @@ def format_report(report: dict) -> str:
                      f'{s["max_error_ms"]:>8.2f}{s["late"]:>8d}'
                      f'{rcv["p50_error_ms"]:>10.3f}{rcv["p99_error_ms"]:>8.3f}'
                      f'{rcv["max_error_ms"]:>8.2f}')
-    cfg = report['config']
     lines.append('')
+    lines.append('resident memory of the three node processes (MiB, now / peak): ' + ', '.join(
+        f'{node} {v["rss_mb"]:.0f} / {v["peak_mb"]:.0f}'
+        for node, v in report['memory_detail'].items())
+        + f'; peak total {report["memory_mb_total"]:.0f}')
+    lines.append('')
+    unmet = [key for key, ok in report['targets_met'].items() if not ok]
+    lines.append(f'targets met: {sum(report["targets_met"].values())} of '
+                 f'{len(report["targets_met"])}'
+                 + (f'; unmet: {", ".join(unmet)}' if unmet else ''))
+    cfg = report['config']
     lines.append(f'{cfg["cpus"]} CPUs, load {cfg["load_1min"]}, Python {cfg["python"]}; '
                  f'late = a period over 1.5x nominal')
     return '\n'.join(lines)

@@ -18,6 +18,7 @@ Observation normalisation is part of the graph; callers feed raw observations.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -75,26 +76,80 @@ def read_contract(path: str) -> dict:
         raise PolicyLoadError(f"'{path}': its vrat contract is not valid JSON: {exc}") from exc
 
 
+EXECUTION_MODES = ('sequential', 'parallel')
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSettings:
+    """onnxruntime session options for a control loop.
+
+    The defaults suit one small network evaluated once per control step on a busy machine:
+    one thread, which never spins waiting for work, and the graph's nodes run in order.
+
+    Attributes:
+        intra_op_threads: threads inside one operator (onnxruntime's intra_op_num_threads).
+        inter_op_threads: threads across operators, used only in 'parallel' mode.
+        allow_spinning: let idle pool threads spin (session.intra_op.allow_spinning and
+            session.inter_op.allow_spinning); spinning burns a core between steps.
+        execution_mode: 'sequential' or 'parallel'.
+    """
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    allow_spinning: bool = False
+    execution_mode: str = 'sequential'
+
+    def __post_init__(self):
+        if self.intra_op_threads < 1 or self.inter_op_threads < 1:
+            raise ValueError(
+                f'onnxruntime thread counts should be >= 1: got intra_op_threads '
+                f'{self.intra_op_threads}, inter_op_threads {self.inter_op_threads}')
+        if self.execution_mode not in EXECUTION_MODES:
+            raise ValueError(f'execution_mode should be one of {EXECUTION_MODES}: got '
+                             f"'{self.execution_mode}'")
+
+    def options(self):
+        """Returns them as an onnxruntime.SessionOptions."""
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(self.intra_op_threads)
+        opts.inter_op_num_threads = int(self.inter_op_threads)
+        opts.execution_mode = (ort.ExecutionMode.ORT_SEQUENTIAL
+                               if self.execution_mode == 'sequential'
+                               else ort.ExecutionMode.ORT_PARALLEL)
+        spin = '1' if self.allow_spinning else '0'
+        opts.add_session_config_entry('session.intra_op.allow_spinning', spin)
+        opts.add_session_config_entry('session.inter_op.allow_spinning', spin)
+        return opts
+
+
+def load_session(path_or_bytes, settings: SessionSettings):
+    """Returns an onnxruntime CPU InferenceSession of a model file (or its bytes)."""
+    import onnxruntime as ort
+    return ort.InferenceSession(path_or_bytes, sess_options=settings.options(),
+                                providers=['CPUExecutionProvider'])
+
+
 class OnnxPolicy:
     """Runs a vrat ONNX policy with onnxruntime on the CPU.
 
     Args:
         path: the .onnx file.
         expected_observation_size: if given, refuse a model whose input width differs.
-        intra_op_threads: onnxruntime threads (1 keeps a control loop predictable).
+        intra_op_threads: onnxruntime threads (1 keeps a control loop predictable); ignored
+            when `session_settings` is given.
+        session_settings: all the onnxruntime options (`SessionSettings`).
     """
 
     def __init__(self, path: str, expected_observation_size: int | None = None,
-                 intra_op_threads: int = 1):
-        import onnxruntime as ort
+                 intra_op_threads: int = 1, session_settings: SessionSettings | None = None):
         if not os.path.isfile(path):
             raise PolicyLoadError(f"policy file '{path}' does not exist")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = 1
+        if session_settings is None:
+            session_settings = SessionSettings(intra_op_threads=intra_op_threads)
+        self.session_settings = session_settings
         try:
-            self.session = ort.InferenceSession(
-                path, sess_options=opts, providers=['CPUExecutionProvider'])
+            self.session = load_session(path, session_settings)
         except Exception as exc:
             raise PolicyLoadError(f"'{path}' could not be loaded by onnxruntime: {exc}") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -146,6 +201,19 @@ class OnnxPolicy:
             raise PolicyShapeError(
                 f'model output has {out_shape[-1]} values for {len(self.actuator_names)} '
                 'actuators in its contract')
+
+    def reload_session(self, settings: SessionSettings) -> None:
+        """Loads the model again with other onnxruntime options (same graph, same results).
+
+        Raises:
+            PolicyLoadError: onnxruntime refuses the options.
+        """
+        try:
+            self.session = load_session(self.path, settings)
+        except Exception as exc:
+            raise PolicyLoadError(
+                f"'{self.path}' could not be loaded with {settings}: {exc}") from exc
+        self.session_settings = settings
 
     def run(self, observation: npt.ArrayLike, with_layers: bool = False):
         """Evaluates the network on one observation.

@@ -36,6 +36,7 @@ import sys
 from nav_msgs.msg import Odometry
 import numpy as np
 from rcl_interfaces.msg import FloatingPointRange
+from rcl_interfaces.msg import IntegerRange
 from rcl_interfaces.msg import ParameterDescriptor
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
@@ -58,6 +59,8 @@ from vrat_ros.introspection import normalize_lesions
 from vrat_ros.introspection import PolicyStep
 from vrat_ros.node_main import spin_node
 from vrat_ros.observation import build_observation
+from vrat_ros.policy import EXECUTION_MODES
+from vrat_ros.policy import SessionSettings
 from vrat_ros.resources import default_policy_path
 from vrat_ros.safety import StampOrder
 from vrat_ros.ros_messages import ns_to_time
@@ -151,6 +154,19 @@ class PolicyNode(Node):
         self.declare_parameter('check_driver', True, ParameterDescriptor(
             description='Stop when the driver joint names, command interface or rate '
                         'disagree with the contract (docs/driver_contract.md)', read_only=True))
+        threads = IntegerRange(from_value=1, to_value=256, step=1)
+        self.declare_parameter('onnxruntime.intra_op_threads', 1, ParameterDescriptor(
+            description='onnxruntime threads inside an operator (1: the calling thread only)',
+            integer_range=[threads], read_only=True))
+        self.declare_parameter('onnxruntime.inter_op_threads', 1, ParameterDescriptor(
+            description="onnxruntime threads across operators (used in 'parallel' mode)",
+            integer_range=[threads], read_only=True))
+        self.declare_parameter('onnxruntime.allow_spinning', False, ParameterDescriptor(
+            description='Let idle onnxruntime threads spin instead of sleeping (burns a core)',
+            read_only=True))
+        self.declare_parameter('onnxruntime.execution_mode', 'sequential', ParameterDescriptor(
+            description=f'onnxruntime execution mode, one of {list(EXECUTION_MODES)}',
+            read_only=True))
 
         policy_file = self.get_parameter('policy_file').value
         self.publish_array = bool(self.get_parameter('publish_float64_array').value)
@@ -160,9 +176,18 @@ class PolicyNode(Node):
 
         self.publish_activations = bool(self.get_parameter('publish_activations').value)
 
-        # The policy (a bad file or contract raises here, not in a callback).
+        # The policy (a bad file, contract or option raises here, not in a callback).
+        settings = SessionSettings(
+            intra_op_threads=int(self.get_parameter('onnxruntime.intra_op_threads').value),
+            inter_op_threads=int(self.get_parameter('onnxruntime.inter_op_threads').value),
+            allow_spinning=bool(self.get_parameter('onnxruntime.allow_spinning').value),
+            execution_mode=str(self.get_parameter('onnxruntime.execution_mode').value))
         self.policy = LesionablePolicy(
             policy_file, seed=int(self.get_parameter('lesion_seed').value))
+        if settings != self.policy.session_settings:
+            # NOTE: LesionablePolicy takes a thread count only, so other options reload the
+            # plain graph; the lesion graph (used only while a lesion is on) keeps its defaults.
+            self.policy.reload_session(settings)
         for layer in self.policy.layer_names:
             for field, default, text in _LESION_PARAMETERS:
                 self.declare_parameter(f'{_LESION_PREFIX}{layer}.{field}', default,
@@ -470,16 +495,23 @@ class PolicyNode(Node):
             return
         self._pending = None
 
-        # Reference at t + k dt, interpolated within the windows.
-        i0, i1, s = interpolation_weights(joint_window[0], targets_ns)
-        ref_joints = interpolate_rows(joint_window[1], i0, i1, s)
-        i0, i1, s = interpolation_weights(root_window[0], targets_ns)
-        ref_root_pos = interpolate_rows(root_window[1], i0, i1, s)
-        ref_root_quat = interpolate_quats(root_window[2], i0, i1, s)
+        # Reference at t + k dt, interpolated within the windows (the lockstep reference
+        # node's points fall on the targets exactly: then they are taken as they are).
+        if np.array_equal(joint_window[0], targets_ns):
+            ref_joints = joint_window[1]
+        else:
+            i0, i1, s = interpolation_weights(joint_window[0], targets_ns)
+            ref_joints = interpolate_rows(joint_window[1], i0, i1, s)
+        if np.array_equal(root_window[0], targets_ns):
+            ref_root_pos, ref_root_quat = root_window[1], root_window[2]
+        else:
+            i0, i1, s = interpolation_weights(root_window[0], targets_ns)
+            ref_root_pos = interpolate_rows(root_window[1], i0, i1, s)
+            ref_root_quat = interpolate_quats(root_window[2], i0, i1, s)
 
         _, root_pos, root_quat, linvel, angvel = odom
         inputs = (root_pos, root_quat, linvel, angvel, ref_joints, ref_root_pos, ref_root_quat)
-        if not all(np.all(np.isfinite(x)) for x in inputs):
+        if not all(np.isfinite(x).all() for x in inputs):
             self._input_error(f'odom or reference has non-finite values at {stamp_ns * 1e-9} s')
             return
         obs = build_observation(joint_pos, joint_vel, root_pos, root_quat, linvel, angvel,
@@ -490,14 +522,14 @@ class PolicyNode(Node):
         else:
             action = self.policy.run(obs)
         torques = action * self.policy.action_scale
-        if not np.all(np.isfinite(torques)):
+        if not np.isfinite(torques).all():
             self._input_error('the network returned non-finite torques')
             return
 
         msg = JointState()
         msg.header.stamp = ns_to_time(stamp_ns)
         msg.name = self.policy.actuator_names
-        msg.effort = torques.tolist()
+        msg.effort = array.array('d', torques.tobytes())  # taken as is; a list is checked
         self.effort_pub.publish(msg)
         if self.array_pub is not None:
             self.array_pub.publish(Float64MultiArray(data=msg.effort))

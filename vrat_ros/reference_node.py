@@ -5,18 +5,25 @@ Each tick at time t publishes a window of K points at t + k * window_dt_s (k = 1
   reference/root_trajectory   trajectory_msgs/MultiDOFJointTrajectory, joint 'root': the
                               root pose in the world (quaternion x, y, z, w)
 header.stamp is t; time_from_start is k * window_dt_s; the clip is sampled at
-start_time_s + t + k * window_dt_s (interpolated between frames, so any rate works).
+start_time_s + t + k * window_dt_s (interpolated between frames, so any rate works). Point
+velocities interpolate the clip's per-frame velocities (`Clip.states`); the policy reads only
+the positions.
 
 With use_sim_time the node follows /clock itself: it publishes once when sim time reaches a
 control tick (stamped with that tick), and again when the clock repeats (the lockstep sim
-waiting for a command), so a lost window is resent. Without it, a wall timer drives it and t
-counts from the node's first tick.
+waiting for a command), so a lost window is resent. With `publish_ahead` (the default) the
+window of the next tick goes out at the same time, one tick early: the policy then holds it
+before the sim reaches that tick, so in lockstep the loop does not wait for this node. Each
+window is still sent once per tick. Without use_sim_time, a wall timer drives the node and t
+counts from its first tick.
 """
 
 from __future__ import annotations
 
+import array
 import sys
 
+from geometry_msgs.msg import Quaternion
 from geometry_msgs.msg import Transform
 from geometry_msgs.msg import Vector3
 from rcl_interfaces.msg import FloatingPointRange
@@ -37,7 +44,6 @@ from vrat_ros.node_main import spin_node
 from vrat_ros.resources import default_clip_path
 from vrat_ros.ros_messages import ns_to_duration
 from vrat_ros.ros_messages import ns_to_time
-from vrat_ros.ros_messages import quat_wxyz_to_msg
 from vrat_ros.ros_messages import seconds_to_ns
 from vrat_ros.ros_messages import stamp_to_ns
 
@@ -70,6 +76,9 @@ class ReferenceNode(Node):
         self.declare_parameter('loop', False, ParameterDescriptor(
             description='Restart the clip at its end instead of holding the last frame',
             read_only=True))
+        self.declare_parameter('publish_ahead', True, ParameterDescriptor(
+            description='With use_sim_time, publish the next tick\'s window one tick early, '
+                        'so the lockstep loop need not wait for it', read_only=True))
 
         clip_file = self.get_parameter('clip_file').value
         self.window_frames = int(self.get_parameter('window_frames').value)
@@ -77,6 +86,7 @@ class ReferenceNode(Node):
         rate_hz = float(self.get_parameter('control_rate_hz').value)
         self.start_time_s = float(self.get_parameter('start_time_s').value)
         self.loop = bool(self.get_parameter('loop').value)
+        self.publish_ahead = bool(self.get_parameter('publish_ahead').value)
         self.use_sim_time = bool(self.get_parameter('use_sim_time').value)
 
         # Validation and the clip.
@@ -95,6 +105,8 @@ class ReferenceNode(Node):
         self.last_clock_ns = None
         self._wall_start_ns = None
         self._cache = None  # (stamp_ns, joint msg, root msg) of the last window
+        self._end_logged = False
+        self._ahead_ns = None  # stamp of the window already sent one tick early
 
         # Publishers and the time source.
         qos = QoSProfile(depth=10)
@@ -122,13 +134,17 @@ class ReferenceNode(Node):
         if self.last_clock_ns is not None and now_ns < self.last_clock_ns:
             self.get_logger().warning(
                 f'/clock jumped back to {now_ns * 1e-9:.3f} s; restarting the ticks')
-            self._last_tick_ns = None
+            self._last_tick_ns = self._ahead_ns = None
         repeated = now_ns == self.last_clock_ns
         self.last_clock_ns = now_ns
         tick_ns = (now_ns // self.period_ns) * self.period_ns
         if self._last_tick_ns is None or tick_ns > self._last_tick_ns:
             self._last_tick_ns = tick_ns
-            self.publish_window(tick_ns, tick_ns)
+            if tick_ns != self._ahead_ns:
+                self.publish_window(tick_ns, tick_ns)
+            if self.publish_ahead:
+                self._ahead_ns = tick_ns + self.period_ns
+                self.publish_window(self._ahead_ns, self._ahead_ns)
         elif repeated:
             # The lockstep sim republishes while it waits: resend (or fill in) its window.
             self.publish_window(now_ns, now_ns)
@@ -144,11 +160,16 @@ class ReferenceNode(Node):
         t = self.start_time_s + elapsed_ns * 1e-9
         if t <= self.clip.duration_s:
             return t
+        # Logged once by hand: rclpy's `once=True` inspects the caller's frame on every call.
         if self.loop:
-            self.get_logger().info('clip ended; looping back to its start', once=True)
+            if not self._end_logged:
+                self._end_logged = True
+                self.get_logger().info('clip ended; looping back to its start')
             return t % self.clip.duration_s
-        self.get_logger().warning(
-            f'clip ended at {self.clip.duration_s:.3f} s; holding its last frame', once=True)
+        if not self._end_logged:
+            self._end_logged = True
+            self.get_logger().warning(
+                f'clip ended at {self.clip.duration_s:.3f} s; holding its last frame')
         return self.clip.duration_s
 
     def publish_window(self, stamp_ns: int, elapsed_ns: int) -> None:
@@ -160,24 +181,24 @@ class ReferenceNode(Node):
         self.windows_published += 1
 
     def _build_window(self, stamp_ns: int, elapsed_ns: int):
-        joint_msg = JointTrajectory()
-        joint_msg.header.stamp = ns_to_time(stamp_ns)
-        joint_msg.joint_names = self.clip.joint_names
-        root_msg = MultiDOFJointTrajectory()
-        root_msg.header.stamp = joint_msg.header.stamp
+        offsets_ns = [k * self.window_dt_ns for k in range(1, self.window_frames + 1)]
+        qpos, qvel = self.clip.states([self.clip_time(elapsed_ns + o) for o in offsets_ns])
+        stamp = ns_to_time(stamp_ns)
+        joint_msg = JointTrajectory(joint_names=self.clip.joint_names)
+        joint_msg.header.stamp = stamp
+        root_msg = MultiDOFJointTrajectory(joint_names=[rc.ROOT_JOINT])
+        root_msg.header.stamp = stamp
         root_msg.header.frame_id = 'world'
-        root_msg.joint_names = [rc.ROOT_JOINT]
-        for k in range(1, self.window_frames + 1):
-            offset_ns = k * self.window_dt_ns
-            t = self.clip_time(elapsed_ns + offset_ns)
-            qpos = self.clip.sample(t)
-            qvel = self.clip.velocity(t)
+        # Sequence fields take array.array('d') as it is; a list would be checked item by item.
+        positions, velocities = qpos[:, 7:], qvel[:, 6:]
+        for k, offset_ns in enumerate(offsets_ns):
             after = ns_to_duration(offset_ns)
             joint_msg.points.append(JointTrajectoryPoint(
-                positions=qpos[7:].tolist(), velocities=qvel[6:].tolist(),
-                time_from_start=after))
-            root = Transform(translation=Vector3(x=qpos[0], y=qpos[1], z=qpos[2]),
-                             rotation=quat_wxyz_to_msg(qpos[3:7]))
+                positions=array.array('d', positions[k].tobytes()),
+                velocities=array.array('d', velocities[k].tobytes()), time_from_start=after))
+            x, y, z, qw, qx, qy, qz = qpos[k, :7].tolist()
+            root = Transform(translation=Vector3(x=x, y=y, z=z),
+                             rotation=Quaternion(x=qx, y=qy, z=qz, w=qw))
             root_msg.points.append(MultiDOFJointTrajectoryPoint(
                 transforms=[root], time_from_start=after))
         return joint_msg, root_msg

@@ -14,16 +14,17 @@ joint, publishes no further state and ignores commands. It never resets silently
 docs/driver_contract.md describes the topics, units and timing a real driver must match.
 
 Sim time starts at 0 s, which is the clip's `start_time_s` when a clip gives the initial state.
-Stamps are sim time, except in realtime mode without /clock, where they are wall time.
+Stamps are sim time, except in realtime mode without /clock, where they are wall time. /clock
+goes out once per control step, before the state it stamps (`clock_every_physics_step` adds
+one after each physics step; those arrive in a burst, as the step runs in one callback).
 """
 
 from __future__ import annotations
 
+import array
 import sys
 import time
 
-from geometry_msgs.msg import Point
-from geometry_msgs.msg import Vector3
 import mujoco
 from nav_msgs.msg import Odometry
 import numpy as np
@@ -44,7 +45,6 @@ from vrat_ros.node_main import spin_node
 from vrat_ros.kinematics import quat_to_mat
 from vrat_ros.rat_model import RatBody
 from vrat_ros.ros_messages import ns_to_time
-from vrat_ros.ros_messages import quat_wxyz_to_msg
 from vrat_ros.ros_messages import seconds_to_ns
 from vrat_ros.ros_messages import stamp_to_ns
 
@@ -87,7 +87,11 @@ class RatSimNode(Node):
         self.declare_parameter('start_time_s', 0.0, ParameterDescriptor(
             description='Clip time (s) of the initial state', read_only=True))
         self.declare_parameter('publish_clock', True, ParameterDescriptor(
-            description='Publish sim time on /clock after every physics step', read_only=True))
+            description='Publish sim time on /clock after every control step', read_only=True))
+        self.declare_parameter('clock_every_physics_step', False, ParameterDescriptor(
+            description='Also publish /clock after each physics step inside a control step '
+                        '(ten per step at 50 Hz; off: one per control step, far cheaper)',
+            read_only=True))
         # Typed without a default: unset (None) means the body's actuator order.
         command_names = self.declare_parameter(
             'command_joint_names', Parameter.Type.STRING_ARRAY, ParameterDescriptor(
@@ -108,6 +112,8 @@ class RatSimNode(Node):
         clip_file = self.get_parameter('clip_file').value
         start_time_s = float(self.get_parameter('start_time_s').value)
         self.publish_clock = bool(self.get_parameter('publish_clock').value)
+        self.clock_every_physics_step = bool(
+            self.get_parameter('clock_every_physics_step').value)
         republish_s = float(self.get_parameter('republish_period_s').value)
         self.command_timeout_s = float(self.get_parameter('command_timeout_s').value)
 
@@ -146,13 +152,15 @@ class RatSimNode(Node):
         self._last_publish = 0.0
         self._wall_clock = Clock(clock_type=ClockType.SYSTEM_TIME)
         self._warning_counts = self._reset_warning_counts()
+        self._next_saturation_log = 0.0
+        self._js, self._odom = self._state_messages()
 
         # Publishers, subscriptions and timers (timers on the steady clock: /clock may stop).
         qos = QoSProfile(depth=10)
         self.joint_state_pub = self.create_publisher(JointState, 'joint_states', qos)
         self.odom_pub = self.create_publisher(Odometry, 'odom', qos)
-        # Ten clock messages per control step: a deeper history lets a reliable recorder keep
-        # them all while the executor is busy with the step.
+        # With clock_every_physics_step, ten clock messages per control step: a deeper history
+        # lets a reliable recorder keep them all while the executor is busy with the step.
         self.clock_pub = (self.create_publisher(ClockMsg, '/clock', QoSProfile(depth=100))
                           if self.publish_clock else None)
         self.create_subscription(JointState, EFFORT_TOPIC, self._on_effort, qos)
@@ -171,12 +179,26 @@ class RatSimNode(Node):
             f'physics steps), body scale {scale}, {self.body.nu} actuators, '
             f'{len(self.body.hinge_names)} joints, initial state from '
             f"{clip_file + f' at {start_time_s} s' if clip_file else 'the default pose'}, "
-            f'/clock {"on" if self.publish_clock else "off"}')
+            f'/clock {self._clock_text()}')
         if self.mode == 'lockstep' and not self.publish_clock:
             self.get_logger().warning(
                 'lockstep without publish_clock: nodes that follow /clock will not advance')
 
     # Construction helpers.
+
+    def _clock_text(self) -> str:
+        if not self.publish_clock:
+            return 'off'
+        return 'after every physics step' if self.clock_every_physics_step else 'on'
+
+    def _state_messages(self):
+        """The joint state and odometry messages, built once and refilled on every publish."""
+        js = JointState()
+        js.name = list(self.body.hinge_names)
+        odom = Odometry()
+        odom.header.frame_id = 'world'
+        odom.child_frame_id = rc.ROOT_BODY
+        return js, odom
 
     def _check_command_names(self, names) -> list[str]:
         if names is None or len(names) == 0:
@@ -358,18 +380,27 @@ class RatSimNode(Node):
         saturated = self.body.set_ctrl_from_torque(self.torque)
         if saturated:
             self.n_saturated += saturated
-            self.get_logger().warning(
-                f'{saturated} of {self.body.nu} torques clamped to the force limits',
-                throttle_duration_sec=5.0)
-        for _ in range(self.n_substeps):
-            self.body.step(1)
-            self.physics_steps += 1
+            # Throttled by hand: rclpy's throttle inspects the caller's source on every call.
+            now = time.monotonic()
+            if now >= self._next_saturation_log:
+                self._next_saturation_log = now + 5.0
+                self.get_logger().warning(
+                    f'{saturated} of {self.body.nu} torques clamped to the force limits')
+        if self.clock_every_physics_step and self.clock_pub is not None:
+            chunks = [1] * self.n_substeps
+        else:
+            # One call for the whole period: MuJoCo's warning counters still record any
+            # reset inside it, and nothing of the state inside it is published.
+            chunks = [self.n_substeps]
+        for n in chunks:
+            self.body.step(n)
+            self.physics_steps += n
             problem = self._diverged()
             if problem:
                 self.halted = True
                 self.halt_reason = problem
                 self.get_logger().error(
-                    f'physics diverged at sim time {self.time_ns * 1e-9:.3f} s ({problem}); '
+                    f'physics diverged by sim time {self.time_ns * 1e-9:.3f} s ({problem}); '
                     'stepping stopped, no further state is published, commands are ignored; '
                     'restart the node to run again')
                 return False
@@ -431,28 +462,28 @@ class RatSimNode(Node):
         self._publish_state()
 
     def _publish_state(self) -> None:
+        # The same two messages every time: publish() serialises them at once, and refilling
+        # array.array fields skips rclpy's per-item checks of Python lists.
         data = self.body.data
         stamp = ns_to_time(self._stamp_ns())
-        js = JointState()
+        js = self._js
         js.header.stamp = stamp
-        js.name = self.body.hinge_names
-        js.position = data.qpos[7:].tolist()
-        js.velocity = data.qvel[6:].tolist()
-        js.effort = data.qfrc_actuator[6:].tolist()
+        js.position = array.array('d', data.qpos[7:].tobytes())
+        js.velocity = array.array('d', data.qvel[6:].tobytes())
+        js.effort = array.array('d', data.qfrc_actuator[6:].tobytes())
         self.joint_state_pub.publish(js)
 
-        odom = Odometry()
+        odom = self._odom
         odom.header.stamp = stamp
-        odom.header.frame_id = 'world'
-        odom.child_frame_id = rc.ROOT_BODY
-        pos, quat = data.qpos[0:3], data.qpos[3:7]
-        odom.pose.pose.position = Point(x=pos[0], y=pos[1], z=pos[2])
-        odom.pose.pose.orientation = quat_wxyz_to_msg(quat)
+        pose, twist = odom.pose.pose, odom.twist.twist
+        qpos = data.qpos
+        pose.position.x, pose.position.y, pose.position.z = qpos[0:3].tolist()
+        o = pose.orientation
+        o.w, o.x, o.y, o.z = qpos[3:7].tolist()
         # Twist in the child (root) frame: MuJoCo's free-joint linear velocity is in the world.
-        lin = quat_to_mat(quat).T @ data.qvel[0:3]
-        ang = data.qvel[3:6]
-        odom.twist.twist.linear = Vector3(x=lin[0], y=lin[1], z=lin[2])
-        odom.twist.twist.angular = Vector3(x=ang[0], y=ang[1], z=ang[2])
+        lin = quat_to_mat(qpos[3:7]).T @ data.qvel[0:3]
+        twist.linear.x, twist.linear.y, twist.linear.z = lin.tolist()
+        twist.angular.x, twist.angular.y, twist.angular.z = data.qvel[3:6].tolist()
         self.odom_pub.publish(odom)
         self._last_publish = time.monotonic()
 

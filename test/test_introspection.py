@@ -295,3 +295,15 @@ def test_failed_run_writes_no_activation_file(tmp_path, layered_policy_path,
         run_ros_loop(synthetic_clip_path, layered_policy_path, seconds=0.2,
                      activations_path=str(path), lesions={'hidden_0': {'silence': [99]}})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnxruntime_options_reach_both_the_plain_and_the_lesion_graph(layered_policy_path):
+    from vrat_ros.policy import SessionSettings
+    settings = SessionSettings(intra_op_threads=2, execution_mode='parallel')
+    policy = LesionablePolicy(layered_policy_path, session_settings=settings)
+    assert policy.session_settings == settings
+    for session in (policy.session, policy.lesion_session):
+        assert session.get_session_options().intra_op_num_threads == 2
+    obs = np.linspace(-1.0, 1.0, policy.observation_size)
+    plain = LesionablePolicy(layered_policy_path)
+    np.testing.assert_array_equal(policy.run(obs), plain.run(obs))

@@ -36,7 +36,9 @@ import numpy.typing as npt
 
 from vrat_ros.errors import PolicyLoadError
 from vrat_ros.errors import PolicyShapeError
+from vrat_ros.policy import load_session
 from vrat_ros.policy import OnnxPolicy
+from vrat_ros.policy import SessionSettings
 
 LESION_FIELDS = ('silence', 'clamp', 'clamp_value', 'noise', 'noise_std')
 _UNIT_FIELDS = ('silence', 'clamp', 'noise')
@@ -278,8 +280,10 @@ class LesionablePolicy(OnnxPolicy):
     Args:
         path: the .onnx file.
         expected_observation_size: if given, refuse a model whose input width differs.
-        intra_op_threads: onnxruntime threads.
+        intra_op_threads: onnxruntime threads; ignored when `session_settings` is given.
         seed: seed of the noise generator.
+        session_settings: all the onnxruntime options (`policy.SessionSettings`), used by
+            both the plain and the lesioned graph.
 
     Attributes:
         layer_sizes: {layer: number of units}, in contract order.
@@ -290,8 +294,9 @@ class LesionablePolicy(OnnxPolicy):
     """
 
     def __init__(self, path: str, expected_observation_size: int | None = None,
-                 intra_op_threads: int = 1, seed: int = 0):
-        super().__init__(path, expected_observation_size, intra_op_threads)
+                 intra_op_threads: int = 1, seed: int = 0,
+                 session_settings: SessionSettings | None = None):
+        super().__init__(path, expected_observation_size, intra_op_threads, session_settings)
         outputs = {o.name: o for o in self.session.get_outputs()}
         self.layer_sizes: dict[str, int] = {}
         self._layer_dtypes = {}
@@ -309,13 +314,12 @@ class LesionablePolicy(OnnxPolicy):
         self._feeds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._noise = {}
         self._rng = np.random.default_rng(seed)
-        self.lesion_session = self._build_lesion_session(path, intra_op_threads)
+        self.lesion_session = self._build_lesion_session(path)
 
-    def _build_lesion_session(self, path: str, intra_op_threads: int):
+    def _build_lesion_session(self, path: str):
         if not self.layer_names:
             return None
         import onnx
-        import onnxruntime as ort
         from onnx import helper
         model = onnx.load(path)
         types = {layer: helper.np_dtype_to_tensor_dtype(np.dtype(self._layer_dtypes[layer]))
@@ -323,11 +327,7 @@ class LesionablePolicy(OnnxPolicy):
         self._lesion_inputs = insert_lesion_points(model, types)
         try:
             onnx.checker.check_model(model)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = intra_op_threads
-            opts.inter_op_num_threads = 1
-            return ort.InferenceSession(model.SerializeToString(), sess_options=opts,
-                                        providers=['CPUExecutionProvider'])
+            return load_session(model.SerializeToString(), self.session_settings)
         except Exception as exc:
             raise PolicyLoadError(
                 f"'{path}': the graph with lesion points does not load: {exc}") from exc

@@ -202,19 +202,6 @@ class OnnxPolicy:
                 f'model output has {out_shape[-1]} values for {len(self.actuator_names)} '
                 'actuators in its contract')
 
-    def reload_session(self, settings: SessionSettings) -> None:
-        """Loads the model again with other onnxruntime options (same graph, same results).
-
-        Raises:
-            PolicyLoadError: onnxruntime refuses the options.
-        """
-        try:
-            self.session = load_session(self.path, settings)
-        except Exception as exc:
-            raise PolicyLoadError(
-                f"'{self.path}' could not be loaded with {settings}: {exc}") from exc
-        self.session_settings = settings
-
     def run(self, observation: npt.ArrayLike, with_layers: bool = False):
         """Evaluates the network on one observation.
 

@@ -183,11 +183,8 @@ class PolicyNode(Node):
             allow_spinning=bool(self.get_parameter('onnxruntime.allow_spinning').value),
             execution_mode=str(self.get_parameter('onnxruntime.execution_mode').value))
         self.policy = LesionablePolicy(
-            policy_file, seed=int(self.get_parameter('lesion_seed').value))
-        if settings != self.policy.session_settings:
-            # NOTE: LesionablePolicy takes a thread count only, so other options reload the
-            # plain graph; the lesion graph (used only while a lesion is on) keeps its defaults.
-            self.policy.reload_session(settings)
+            policy_file, seed=int(self.get_parameter('lesion_seed').value),
+            session_settings=settings)
         for layer in self.policy.layer_names:
             for field, default, text in _LESION_PARAMETERS:
                 self.declare_parameter(f'{_LESION_PREFIX}{layer}.{field}', default,

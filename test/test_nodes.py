@@ -4,6 +4,7 @@ Each test makes its own Context, executor and namespace (see conftest.RosBed), s
 timeouts while polling, and checks values, never timings.
 """
 
+import sys
 import time
 
 import numpy as np
@@ -528,3 +529,15 @@ def test_ros_loop_equals_inline_loop_and_repeats(tiny_policy_path, synthetic_cli
     np.testing.assert_allclose(first.torques, torques, rtol=0, atol=1e-9)
     np.testing.assert_allclose(first.ref_qpos[30], Clip.load(synthetic_clip_path).sample(0.6))
     assert np.abs(qpos[-1] - qpos[0]).max() > 1e-3  # the rat did move
+
+
+def test_ros_loop_runs_where_stderr_has_no_file_descriptor(tiny_policy_path, synthetic_clip_path,
+                                                           monkeypatch):
+    # Jupyter and pytest's capsys replace sys.stderr; rclpy's EventsExecutor then cannot enable
+    # faulthandler, and the loop must fall back to the Python executor with the same numbers.
+    import io
+    reference = run_ros_loop(synthetic_clip_path, tiny_policy_path, seconds=0.2)
+    monkeypatch.setattr(sys, 'stderr', io.StringIO())
+    result = run_ros_loop(synthetic_clip_path, tiny_policy_path, seconds=0.2)
+    assert result.qpos.shape == (11, 74)
+    np.testing.assert_array_equal(result.qpos, reference.qpos)

@@ -233,7 +233,9 @@ def run_ros_loop(
         try:  # callbacks dispatched in C++: about 1.3x the steps/s of the Python executor
             from rclpy.experimental import EventsExecutor
             executor = EventsExecutor(context=context)
-        except ImportError:  # older rclpy
+        except (ImportError, OSError, ValueError, AttributeError):
+            # Older rclpy, or a sys.stderr without a file descriptor (pytest capture, Jupyter):
+            # the EventsExecutor enables faulthandler on sys.stderr and fails there.
             executor = SingleThreadedExecutor(context=context)
         for node in nodes:
             executor.add_node(node)

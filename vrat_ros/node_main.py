@@ -36,11 +36,11 @@ def make_executor(node: Node):
     if kind == 'events':
         try:
             from rclpy.experimental import EventsExecutor
-        except ImportError:
-            node.get_logger().warning(
-                'this rclpy has no EventsExecutor; using the SingleThreadedExecutor')
-        else:
             return EventsExecutor(context=node.context)
+        except (ImportError, OSError, ValueError, AttributeError) as exc:
+            # Older rclpy, or a sys.stderr without a descriptor (it enables faulthandler).
+            node.get_logger().warning(
+                f'no EventsExecutor here ({exc}); using the SingleThreadedExecutor')
     return SingleThreadedExecutor(context=node.context)
 
 

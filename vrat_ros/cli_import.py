@@ -25,6 +25,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number >= 0: got {text!r}') from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f'expected a number >= 0: got {text!r}')
+    return value
+
+
 def _scale(text: str) -> float | str:
     return 'fit' if text == 'fit' else _positive_float(text)
 
@@ -72,6 +82,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--resample', type=_positive_float, metavar='HZ',
                    help='Resample the clip by time to this rate (default: keep the source '
                         'rate).')
+    p.add_argument('--smooth', type=_non_negative_float, default=0.0, metavar='SECONDS',
+                   help='Low-pass the fitted poses with a zero-phase Gaussian of this '
+                        'standard deviation (default 0: off; 0.033 is one Rat7M frame).')
+    p.add_argument('--no-fill-gaps', action='store_true',
+                   help='Keep the solver\'s joint angles where markers are missing instead of '
+                        'interpolating the joints they observe across the gap.')
     p.add_argument('--out', help='Clip file to write (.npz); default: the clip library.')
     p.add_argument('--report', help='Also write the summary as JSON to this file.')
     p.add_argument('--no-progress', action='store_true', help='Hide the progress bar.')
@@ -111,6 +127,10 @@ def _summary(report: dict) -> str:
         lines.append(f"  units {report['units_assumed']} ({how}); marker set "
                      f"{report['marker_set']}; animal scale {report['animal_scale']:g} "
                      f"(motion scaled by {report['retarget_factor']:.3g})")
+        rejected = report.get('keypoints_rejected_frames') or {}
+        if rejected:
+            lines.append('  keypoints dropped as mislabelled (frames): ' + ', '.join(
+                f'{k} {v}' for k, v in rejected.items()))
         lines.append(f"  keypoint residual: mean {report['residual_mm_mean']:.2f} mm, p95 "
                      f"{report['residual_mm_p95']:.2f} mm; failed frames "
                      f"{len(report['failed_frames'])} of {report['frames']}; fit "
@@ -122,14 +142,16 @@ def run_import(args: argparse.Namespace) -> int:
     """Runs `vrat import`; returns 0 on success, 1 on failure (message on stderr)."""
     try:
         from vrat_ros import importers
+        from vrat_ros.keypoint_fit import FitOptions
         out = args.out or importers.library_clip_path(args.path, args.frames)
+        options = FitOptions(fill_gaps=not args.no_fill_gaps, smooth_s=args.smooth)
         if 'fit' in (args.scale, args.animal_scale):
             print('vrat import: estimating the body scale from the keypoints ...',
                   file=sys.stderr)
         _, report = importers.import_clip(
             args.path, fmt=args.format, fps=args.fps, units=args.units, scale=args.scale,
             animal_scale=args.animal_scale, marker_set=args.marker_set, frames=args.frames,
-            resample=args.resample, out=out, progress=not args.no_progress)
+            resample=args.resample, out=out, progress=not args.no_progress, options=options)
         for warning in report.get('warnings', []):
             print(f'vrat import: warning: {warning}', file=sys.stderr)
         print(_summary(report))

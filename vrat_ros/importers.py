@@ -788,7 +788,7 @@ def _import_keypoints(
     start_time = time.perf_counter()
     fitter = marker_sets.make_fitter(given_set, source.names, scale=body_scale,
                                      options=options)
-    qpos, residual, failed = fitter.fit(xyz_m, progress=progress)
+    qpos, residual, failed = fitter.fit(xyz_m, progress=progress, fps=fps_used)
     seconds = time.perf_counter() - start_time
 
     finite = residual[np.isfinite(residual)]
@@ -814,6 +814,7 @@ def _import_keypoints(
         'retarget_factor': factor,
         'fit_seconds': round(seconds, 2),
         'keypoints_ignored': ignored,
+        'keypoints_rejected_frames': dict(fitter.rejected),
         'warnings': list(source.warnings),
     }
     if abs(factor - 1.0) > 1e-9 and finite.size:  # the same fit in the recording's own mm
@@ -845,6 +846,7 @@ def _import_keypoints(
         'fit_residual_mm_mean': report['residual_mm_mean'],
         'fit_residual_mm_p95': report['residual_mm_p95'],
         'fit_failed_frames': report['failed_frames'],
+        'fit_keypoints_rejected_frames': dict(fitter.rejected),
         'keypoints_note': ('keypoints are in metres, after unit conversion'
                            + (f' and retargeting by {factor:.4g}' if factor != 1.0 else '')),
         'tail': 'not observed; tail hinges held at 0',

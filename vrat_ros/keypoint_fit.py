@@ -7,6 +7,15 @@ so that the markers land on the keypoints. Each frame starts from the previous f
 and is pulled gently towards it, so the result is smooth; joint limits are enforced; a soft
 penalty keeps the body's collision geoms above the floor (z = 0). The tail is not observed
 by any rat23 keypoint and stays straight (all tail hinges 0), as in published STAC fits.
+
+Gaps and bad labels: keypoints that fail the marker set's label checks are dropped first;
+after the fit, joints whose keypoints are all missing are interpolated across the gap, and
+the poses can be low-passed (`FitOptions.fill_gaps`, `FitOptions.smooth_s`).
+
+Known shortcoming: the fit is kinematic only. It knows the floor but not balance or support,
+so where no paw is observed (the Rat7M markers) it can return poses that this body cannot hold:
+from most Rat7M frames, even held still, the simulated rat falls within 0.5 s under any of the
+shipped controllers, while every DANNCE frame tried is held.
 """
 
 from __future__ import annotations
@@ -349,6 +358,10 @@ class MarkerSet:
         weights: (K,) relative weights of the keypoints in the fit.
         heading_keypoints: two keypoints (back, front) that give the first frame's heading.
         source: the file it was read from.
+        label_checks: (keypoint, own, other) triples: in a frame where `keypoint` lies
+            nearer to keypoint `other` than to `own` (a left marker nearer the right
+            shoulder), the tracker has most likely given it the wrong label, and it is
+            treated as missing (see `reject_mislabelled`).
     """
 
     name: str
@@ -359,6 +372,7 @@ class MarkerSet:
     weights: np.ndarray
     heading_keypoints: tuple[str, str] | None = None
     source: str = ''
+    label_checks: tuple[tuple[str, str, str], ...] = ()
 
     def offsets_at(self, scale: float) -> np.ndarray:
         """Returns (K, 3) offsets (m) for a body of scale `scale` (they scale linearly)."""
@@ -374,7 +388,8 @@ def load_marker_set(path: str | os.PathLike | None = None) -> MarkerSet:
     """Reads a marker-set YAML file (default: the shipped rat23 set).
 
     Layout: `marker_set` (name), `body_scale`, `units` ('m' or 'mm', for the offsets),
-    optional `heading_keypoints: [back, front]`, and `keypoints`, a mapping from keypoint
+    optional `heading_keypoints: [back, front]`, optional `label_checks: {keypoint: [own,
+    other], ...}` (see `MarkerSet.label_checks`), and `keypoints`, a mapping from keypoint
     name to `{body: <body name>, offset: [x, y, z], weight: <optional, default 1>}`.
 
     Raises:
@@ -420,11 +435,52 @@ def load_marker_set(path: str | os.PathLike | None = None) -> MarkerSet:
             raise ClipError(f"marker set '{path}': heading_keypoints should name two of its "
                             f'keypoints: got {heading!r}')
         heading = (str(heading[0]), str(heading[1]))
+    checks = doc.get('label_checks') or {}
+    if not isinstance(checks, dict) or any(
+            k not in names or not isinstance(v, (list, tuple)) or len(v) != 2
+            or any(r not in names for r in v) for k, v in checks.items()):
+        raise ClipError(f"marker set '{path}': label_checks should map keypoints to [own, "
+                        f'other], both keypoints of the set: got {checks!r}')
     return MarkerSet(
         name=str(doc.get('marker_set', os.path.splitext(os.path.basename(path))[0])),
         body_scale=float(scale), keypoint_names=tuple(names), bodies=tuple(bodies),
         offsets=np.array(offsets), weights=np.array(weights), heading_keypoints=heading,
-        source=path)
+        source=path,
+        label_checks=tuple((str(k), str(v[0]), str(v[1])) for k, v in checks.items()))
+
+
+def reject_mislabelled(xyz: npt.ArrayLike, names: Sequence[str],
+                       marker_set: MarkerSet) -> tuple[np.ndarray, dict[str, int]]:
+    """Marks keypoints missing (NaN) in frames where they fail their label check.
+
+    A keypoint with a check (keypoint, own, other) is dropped from a frame where it lies
+    nearer to `other` than to `own`; frames where either reference is missing are kept.
+    All checks look at the input positions, so the order of the checks does not matter.
+
+    Args:
+        xyz: (T, K, 3) keypoints; NaN = missing.
+        names: (K,) their names.
+        marker_set: the set whose `label_checks` apply (names it lacks are skipped).
+
+    Returns:
+        xyz: (T, K, 3) a copy with the rejected keypoints set to NaN.
+        rejected: {keypoint: number of frames rejected} for the checks that dropped any.
+    """
+    xyz = np.asarray(xyz, dtype=np.float64)
+    out = xyz.copy()
+    index = {str(n): i for i, n in enumerate(names)}
+    rejected = {}
+    for key, own, other in marker_set.label_checks:
+        if not all(n in index for n in (key, own, other)):
+            continue
+        point = xyz[:, index[key]]
+        to_own = np.linalg.norm(point - xyz[:, index[own]], axis=1)
+        to_other = np.linalg.norm(point - xyz[:, index[other]], axis=1)
+        bad = to_other < to_own  # False wherever a distance is NaN
+        out[bad, index[key]] = np.nan
+        if bad.any():
+            rejected[key] = int(bad.sum())
+    return out, rejected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,6 +506,15 @@ class FitOptions:
         fail_residual_mm: a frame whose mean keypoint residual exceeds this is flagged failed.
         min_keypoints: a frame with fewer usable keypoints holds the previous pose and is
             flagged failed.
+        fill_gaps: after the fit, a hinge whose every downstream keypoint (on its body or
+            below it in the tree) is missing in a frame is interpolated in joint space between
+            the nearest frames that observe it (held at the ends of the clip). Without this,
+            the solver holds such a joint while its markers are gone and it snaps when they
+            return (about 1 rad in one frame for Rat7M arms). Frames with fewer than
+            `min_keypoints` keypoints still hold the pose before them.
+        smooth_s: standard deviation (s) of a zero-phase Gaussian low-pass applied to the
+            fitted poses (root position, root rotation, hinges) after gap filling; 0 is off.
+            Needs the frame rate (`KeypointFitter.fit(..., fps=)`).
     """
 
     iterations: int = 12
@@ -462,6 +527,8 @@ class FitOptions:
     damping: float = 1.0
     fail_residual_mm: float = 20.0
     min_keypoints: int = 6
+    fill_gaps: bool = True
+    smooth_s: float = 0.0
 
     def to_dict(self) -> dict:
         """Returns the settings as a JSON-friendly dict (for a clip's provenance)."""
@@ -509,6 +576,7 @@ class KeypointFitter:
                 the model lacks.
         """
         self.options = FitOptions() if options is None else options
+        self.rejected = {}  # keypoints dropped by the label checks of the last `fit`
         self.body = RatBody(scale=scale)
         self.scale = float(scale)
         self.marker_set = marker_set
@@ -554,6 +622,18 @@ class KeypointFitter:
         self.smooth_w = np.full(self.dofs.size, opt.smooth_weight)
         self.smooth_w[:3] = opt.root_translation_weight
         self.posture_w = np.concatenate([np.zeros(6), np.full(len(hinges), opt.posture_weight)])
+        # For each free hinge, the used markers it moves: those on its body or below it.
+        self.hinge_markers = []
+        for j in hinges:
+            top = int(m.jnt_bodyid[j])
+            below = []
+            for k, b in enumerate(self.marker_body):
+                b = int(b)
+                while b > top:
+                    b = int(m.body_parentid[b])
+                if b == top:
+                    below.append(k)
+            self.hinge_markers.append(np.array(below, dtype=int))
 
         # Collision geoms kept above the floor: every colliding non-tail geom of the rat.
         names = self.body.body_names
@@ -740,15 +820,53 @@ class KeypointFitter:
         qpos[:3] += np.mean(target[valid] - model[valid], axis=0)
         return qpos
 
+    def fill_unobserved(self, qpos: npt.ArrayLike, seen: npt.ArrayLike) -> np.ndarray:
+        """Interpolates each hinge across the frames in which none of its markers is seen.
+
+        A hinge is observed in a frame when at least one used marker on its body or below it
+        was present there. Runs of frames in which it is not are replaced by a straight line
+        in joint space between the observed frames on either side (the nearest observed value
+        at the clip's ends). Hinges that no marker observes (toes, fingers) are left as they
+        are. Changing an unobserved hinge moves no present marker, so the fit of the present
+        keypoints is unchanged.
+
+        Args:
+            qpos: (T, nq) fitted poses.
+            seen: (T, K_used) bool, markers present in each frame's fit.
+
+        Returns:
+            (T, nq) poses.
+        """
+        out = np.array(qpos, dtype=np.float64, copy=True)
+        seen = np.asarray(seen, dtype=bool)
+        frames = np.arange(len(out))
+        for adr, markers in zip(self.hinge_qadr, self.hinge_markers):
+            if markers.size == 0:
+                continue
+            observed = np.any(seen[:, markers], axis=1)
+            if observed.all() or not observed.any():
+                continue
+            known = frames[observed]
+            out[~observed, adr] = np.interp(frames[~observed], known, out[known, adr])
+        return out
+
     def fit(self, xyz_m: npt.ArrayLike,
             progress: bool | Callable[[int, int], None] = False,
+            fps: float | None = None,
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fits every frame in order, each warm-started from the one before.
+
+        Keypoints that fail the marker set's label checks are dropped first
+        (`reject_mislabelled`; counts in `self.rejected`). After the fit, as `options` ask,
+        hinges are interpolated across marker gaps
+        (`fill_unobserved`) and the poses are low-pass filtered (`smooth_poses`); residuals
+        and failed frames describe the final poses.
 
         Args:
             xyz_m: (T, K, 3) keypoints in metres, in `keypoint_names` order; NaN = missing.
             progress: True for a tqdm bar (if tqdm is installed), or a callback
                 `fn(frames_done, frames_total)`.
+            fps: frame rate of the keypoints (Hz); needed when `options.smooth_s` > 0.
 
         Returns:
             qpos: (T, nq) fitted poses.
@@ -761,19 +879,25 @@ class KeypointFitter:
         if xyz.ndim != 3 or xyz.shape[1:] != (len(self.keypoint_names), 3):
             raise ValueError(f'keypoints should have shape (T, {len(self.keypoint_names)}, 3): '
                              f'got {xyz.shape}')
+        xyz, self.rejected = reject_mislabelled(xyz, self.keypoint_names, self.marker_set)
         n_frames = xyz.shape[0]
         opt = self.options
         qpos_all = np.zeros((n_frames, self.model.nq))
         residual = np.full((n_frames, len(self.keypoint_names)), np.nan)
         failed = np.zeros(n_frames, dtype=bool)
+        if opt.smooth_s > 0 and not (fps is not None and np.isfinite(fps) and fps > 0):
+            raise ValueError(f'smoothing over {opt.smooth_s} s needs the frame rate: got '
+                             f'fps={fps}')
         tick = _progress_callback(progress, n_frames)
         prev = None
         first_fitted = None
+        seen = np.zeros((n_frames, self.used.size), dtype=bool)
+        too_few = np.zeros(n_frames, dtype=bool)
         for t in range(n_frames):
             target = xyz[t, self.used]
             valid = np.all(np.isfinite(target), axis=1)
             if valid.sum() < opt.min_keypoints:
-                failed[t] = True
+                failed[t] = too_few[t] = True
                 qpos_all[t] = prev if prev is not None else self.body.default_qpos()
                 tick(t + 1)
                 continue
@@ -789,20 +913,73 @@ class KeypointFitter:
                 if prev is None or not error <= cold_error:
                     qpos, error = cold, cold_error
             if not np.isfinite(error):
-                failed[t] = True
+                failed[t] = too_few[t] = True
                 qpos_all[t] = prev if prev is not None else self.body.default_qpos()
                 tick(t + 1)
                 continue
             dist = np.linalg.norm(self.marker_positions(qpos) - target, axis=1) * 1e3
             residual[t, self.used[valid]] = dist[valid]
             qpos_all[t] = qpos
+            seen[t] = valid
             failed[t] = error > opt.fail_residual_mm
             prev = qpos
             first_fitted = t if first_fitted is None else first_fitted
             tick(t + 1)
         if first_fitted:  # frames before the first fitted one hold its pose
             qpos_all[:first_fitted] = qpos_all[first_fitted]
+        if first_fitted is None or not (opt.fill_gaps or opt.smooth_s > 0):
+            return qpos_all, residual, failed
+        if opt.fill_gaps:
+            qpos_all = self.fill_unobserved(qpos_all, seen)
+            # Frames with too few keypoints still hold the pose before them, as documented.
+            for t in np.flatnonzero(too_few):
+                qpos_all[t] = qpos_all[t - 1] if t > 0 else qpos_all[first_fitted]
+        if opt.smooth_s > 0:
+            qpos_all = smooth_poses(qpos_all, opt.smooth_s * float(fps), self.hinge_qadr,
+                                    self.hinge_lo, self.hinge_hi)
+        # Residuals and failures of the poses actually returned.
+        for t in np.flatnonzero(seen.any(axis=1)):
+            valid = seen[t]
+            target = xyz[t, self.used]
+            dist = np.linalg.norm(self.marker_positions(qpos_all[t]) - target, axis=1) * 1e3
+            residual[t, self.used[valid]] = dist[valid]
+            failed[t] = not float(np.mean(dist[valid])) <= opt.fail_residual_mm
+        failed |= too_few
         return qpos_all, residual, failed
+
+
+def smooth_poses(qpos: npt.ArrayLike, sigma_frames: float, hinge_qadr: npt.ArrayLike,
+                 lo: npt.ArrayLike, hi: npt.ArrayLike) -> np.ndarray:
+    """Low-passes poses with a zero-phase Gaussian (edges: the end frames repeated).
+
+    Root position and the hinges at `hinge_qadr` are filtered directly (hinges then clipped
+    to [lo, hi]); the root quaternion is filtered per component after aligning each frame's
+    sign with the previous one, then renormalised. Other columns (the tail) are kept.
+
+    Args:
+        qpos: (T, nq) poses with a free root in columns 0-6 (w, x, y, z quaternion).
+        sigma_frames: standard deviation of the Gaussian, in frames.
+        hinge_qadr: qpos columns of the hinges to filter.
+        lo, hi: their joint limits (inf where unlimited).
+
+    Returns:
+        (T, nq) filtered poses.
+    """
+    from scipy.ndimage import gaussian_filter1d
+    out = np.array(qpos, dtype=np.float64, copy=True)
+    if sigma_frames <= 0 or len(out) < 2:
+        return out
+    cols = np.asarray(hinge_qadr, dtype=int)
+    out[:, :3] = gaussian_filter1d(out[:, :3], sigma_frames, axis=0, mode='nearest')
+    out[:, cols] = np.clip(gaussian_filter1d(out[:, cols], sigma_frames, axis=0,
+                                             mode='nearest'), lo, hi)
+    quat = out[:, 3:7].copy()
+    for t in range(1, len(quat)):
+        if quat[t] @ quat[t - 1] < 0:
+            quat[t] = -quat[t]
+    quat = gaussian_filter1d(quat, sigma_frames, axis=0, mode='nearest')
+    out[:, 3:7] = quat / np.linalg.norm(quat, axis=1, keepdims=True)
+    return out
 
 
 def _progress_callback(progress: bool | Callable[[int, int], None],
@@ -832,6 +1009,7 @@ def fit_keypoints(
     scale: float = rc.DEFAULT_BODY_SCALE,
     options: FitOptions | None = None,
     progress: bool | Callable[[int, int], None] = False,
+    fps: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fits the rat body to keypoints frame by frame (see `KeypointFitter.fit`).
 
@@ -843,6 +1021,7 @@ def fit_keypoints(
         scale: body scale of the rat.
         options: solver settings.
         progress: True for a progress bar, or a callback `fn(frames_done, frames_total)`.
+        fps: frame rate of the keypoints (Hz); needed when `options.smooth_s` > 0.
 
     Returns:
         qpos: (T, 74) poses: root position (m), root quaternion (w, x, y, z), hinges (rad).
@@ -851,7 +1030,7 @@ def fit_keypoints(
     """
     marker_set = load_marker_set() if marker_set is None else marker_set
     fitter = KeypointFitter(marker_set, names, scale=scale, options=options)
-    return fitter.fit(xyz_m, progress=progress)
+    return fitter.fit(xyz_m, progress=progress, fps=fps)
 
 
 def fit_keypoint_file(
@@ -904,7 +1083,7 @@ def fit_keypoint_file(
 
     start = time.perf_counter()
     fitter = KeypointFitter(marker_set, names, scale=scale, options=options)
-    qpos, residual, failed = fitter.fit(xyz_m, progress=progress)
+    qpos, residual, failed = fitter.fit(xyz_m, progress=progress, fps=fps_used)
     seconds = time.perf_counter() - start
 
     finite = residual[np.isfinite(residual)]

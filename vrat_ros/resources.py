@@ -4,6 +4,11 @@ import importlib.resources
 
 DEFAULT_CLIP = 'rat23_dannce_1000f.npz'
 DEFAULT_POLICY = 'rat_inverse_dynamics.onnx'
+# Clips `vrat train` learns from by default: the DANNCE clip and the Rat7M frames 1000-2999
+# that lie at least 30 frames away from the held-out Rat7M walk (2010-2310) and rear
+# (2460-2600).
+TRAINING_CLIPS = ('rat23_dannce_1000f', 'rat7m_train_1000_1980', 'rat7m_train_2340_2430',
+                  'rat7m_train_2630_3000')
 
 # The held-out split: real Rat7M walking and rearing (20-marker motion capture, imported from
 # spoonsso/dannce's demo_indices.mat; see each clip's meta). These clips are never used for

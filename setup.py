@@ -116,6 +116,9 @@ setup(
         ],
         # Training and export; pinned: an unpinned torch pulls a multi-GB CUDA build.
         'train': ['torch==2.13.0'],
+        # Episode collection and evaluation on Ray (--ray-address); pinned to the minor
+        # version tested: vrat_ros keeps a loopback cluster on 127.0.0.1 through its settings.
+        'scale': ['ray==2.60.*'],
         # Video, plots and MCAP recording.
         'viz': ['matplotlib>=3.7', 'imageio>=2.30', 'imageio-ffmpeg>=0.4', 'mcap>=1.1',
                 'mcap-ros2-support>=0.5'],

@@ -181,3 +181,29 @@ def test_resume_refuses_a_different_config(tmp_path):
     other['train']['lr'] = 1e-2
     with pytest.raises(ValueError, match='train'):
         train(other, str(tmp_path), resume=True, progress=False)
+
+
+def test_training_clips_ship_and_keep_away_from_the_held_out_frames():
+    from vrat_ros import resources
+    from vrat_ros.clip import Clip
+    from vrat_ros.train import DEFAULT_TRAINING_CLIPS
+    config = default_config()
+    assert config['clips'] == default_config(small=True)['clips']
+    # The default reproduces the shipped policy: the DANNCE clip alone.
+    assert [pathlib.Path(p).name for p in config['clips']] == ['rat23_dannce_1000f.npz']
+    assert pathlib.Path(DEFAULT_TRAINING_CLIPS[0]).name == 'rat23_dannce_1000f.npz'
+    held_out = [Clip.load(resources.resolve_clip_path(n)).meta['source_frames']
+                for n in resources.HELD_OUT_CLIPS]
+    rat7m_frames = 0
+    for path in DEFAULT_TRAINING_CLIPS:
+        assert pathlib.Path(path).is_file(), path
+        meta = Clip.load(path).meta
+        if meta.get('source_format') != 'rat7m':
+            continue
+        start, stop = meta['source_frames']
+        rat7m_frames += stop - start
+        assert meta['fit_options']['fill_gaps'] and meta['fit_options']['smooth_s'] > 0
+        for h_start, h_stop in held_out:
+            # At least 30 frames (1 s at 30 Hz) between a training clip and a held-out one.
+            assert stop + 30 <= h_start or h_stop + 30 <= start, (path, h_start, h_stop)
+    assert rat7m_frames == 980 + 90 + 370

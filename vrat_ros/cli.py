@@ -150,8 +150,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config['seed'] = args.seed
     if args.clips:
         config['clips'] = [os.path.abspath(c) for c in args.clips]
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f'--workers should be at least 1: got {args.workers}')
     summary = train(config, args.out, resume=args.resume, progress=not args.no_progress,
-                    export=not args.no_export)
+                    export=not args.no_export, workers=args.workers,
+                    ray_address=args.ray_address)
     keep = ('out_dir', 'checkpoint', 'policy', 'step', 'total_steps', 'complete', 'seed',
             'n_transitions', 'initial_loss', 'final_loss', 'val_loss', 'best_step',
             'total_s', 'best_eval')
@@ -245,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help='Continue from OUT/checkpoint.pt; gives the same result as one run.')
     p.add_argument('--no-export', action='store_true', help='Skip the ONNX export.')
     p.add_argument('--no-progress', action='store_true', help='Hide the progress bars.')
+    p.add_argument('--workers', type=int, metavar='N',
+                   help="Episode-collection processes, or Ray actors with --ray-address "
+                        "(default: the config's data.n_workers, 2; with --ray-address, "
+                        'every CPU of the cluster). The results do not depend on it.')
+    p.add_argument('--ray-address', metavar='ADDRESS',
+                   help="Collect episodes on Ray: 'local' (a private Ray on this machine), "
+                        "or HOST:PORT of a cluster started with 'ray start --head' (needs "
+                        "pip install 'vrat_ros[scale]').")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser('export', help='Export a training checkpoint to ONNX with its contract.')
@@ -261,10 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     from vrat_ros import evaluate
     from vrat_ros import render
     from vrat_ros import retarget
+    from vrat_ros import scaling
     cli_import.add_subcommands(sub)
     render.add_subcommands(sub)
     analysis.add_subcommands(sub)
     bench.add_subcommands(sub)
+    scaling.add_subcommands(sub)
     evaluate.add_subcommands(sub)
     retarget.add_subcommands(sub)
     try:

@@ -229,7 +229,8 @@ def _clip_key(name_or_path: str) -> str:
 
 
 def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
-             starts: int = DEFAULT_STARTS, workers: int = 1, progress: bool = False) -> dict:
+             starts: int = DEFAULT_STARTS, workers: int = 1, progress: bool = False,
+             ray_address: str | None = None) -> dict:
     """Evaluates controllers on clips and returns the report (see the module docstring).
 
     Args:
@@ -239,6 +240,9 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
         starts: start frames per clip (>= 1).
         workers: worker processes (the numbers do not depend on it).
         progress: show a progress bar on stderr.
+        ray_address: None for local processes, else a Ray address (see
+            `vrat_ros.workers.map_ordered`); the numbers do not depend on it. Each node
+            needs the clip and policy files at the same paths.
 
     Returns:
         {'clips', 'controllers', 'policy', 'overall', 'per_clip', 'episodes', 'settings',
@@ -302,7 +306,8 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
     try:
         results = map_ordered(run_episode, tasks, workers=int(workers),
                               initializer=_reset_cache,
-                              on_result=None if bar is None else lambda i, r: bar.update(1))
+                              on_result=None if bar is None else lambda i, r: bar.update(1),
+                              ray_address=ray_address)
     finally:
         if bar is not None:
             bar.close()
@@ -437,6 +442,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from vrat_ros.cli import _write_json_atomic
     from vrat_ros.clip import atomic_write
     from vrat_ros.workers import default_workers
+    from vrat_ros.workers import ray_cluster_cpus
     clips = args.clips or list(resources.HELD_OUT_CLIPS)
     policy_path = args.policy or resources.default_policy_path()
     plot_path = args.plot
@@ -445,9 +451,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     md_path = _markdown_path(args.report) if args.report else None
     for path in (args.report, md_path, plot_path):
         _check_output_path(path)
+    workers = args.workers
+    if workers is None:
+        workers = default_workers() if args.ray_address is None else \
+            ray_cluster_cpus(args.ray_address)
     report = run_eval(clips, args.controller, policy_path, starts=args.starts,
-                      workers=default_workers() if args.workers is None else args.workers,
-                      progress=not args.no_progress)
+                      workers=workers, progress=not args.no_progress,
+                      ray_address=args.ray_address)
     series = report.pop('series')
     markdown = format_markdown(report)
     print(markdown, end='')
@@ -480,8 +490,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--starts', type=int, default=DEFAULT_STARTS,
                    help=f'Start frames per clip, spread evenly (default {DEFAULT_STARTS}).')
     p.add_argument('--workers', type=int,
-                   help='Worker processes (default: the usable cores); the numbers do not '
+                   help='Worker processes, or Ray actors with --ray-address (default: the '
+                        'usable cores, or every CPU of the Ray cluster); the numbers do not '
                         'depend on it.')
+    p.add_argument('--ray-address', metavar='ADDRESS',
+                   help="Run the episodes on Ray: 'local' (a private Ray on this machine) or "
+                        "HOST:PORT of a cluster started with 'ray start --head' (needs "
+                        "pip install 'vrat_ros[scale]'; each node needs the clip and policy "
+                        'files at the same paths).')
     p.add_argument('--report', metavar='FILE',
                    help='Write the JSON report here, the table beside it (.md) and, unless '
                         '--plot says otherwise, the plot beside it (.png).')

@@ -17,6 +17,26 @@ Pipeline (all deterministic for a seed):
      these are relabelled the same way and added to the data, and training goes on. This
      fills the data with the states the policy itself visits.
 
+Training clips: by default the DANNCE clip alone, which reproduces the shipped policy. Three
+Rat7M training clips ship beside it (frames 1000-2999 of the Rat7M recording, at least 30
+frames from the held-out walk and rear; resources.TRAINING_CLIPS, `DEFAULT_TRAINING_CLIPS`
+here); list them under 'clips' in a --config file to train on them too (an episode picks one
+clip at random). So far that has not helped, see below.
+
+Measured on this project's 2-core machine (shared with other jobs), held-out numbers from
+`vrat eval` (2 Rat7M clips x 5 starts), default clip from start 0 to the end:
+  * the shipped policy was trained on the DANNCE clip alone (the earlier default, 500 + 300
+    episodes, 8000 steps, about 4.5 minutes): held-out tracked fraction 0.13, body error
+    36.7 mm; default clip 1.00, 13.5 mm.
+  * the default config with the Rat7M clips added, seed 0: 505 s; held-out 0.12, 33.0 mm;
+    default clip 0.28, 69.8 mm (the chosen checkpoint, step 2000, fails there at 5.5 s).
+  * 1200 PD episodes of 150 steps with PD wn 40-200 rad/s, 3 closed-loop rounds of 400
+    episodes, 18000 steps: 1987 s; held-out 0.13, 35.1 mm; default clip 0.27, 62.6 mm.
+  Neither replaced the shipped policy. Known shortcoming: no controller tracks the Rat7M
+  clips: zero torque, PD and every policy fail within about 0.5 s from most frames, even when
+  a single fitted Rat7M pose is held still (see keypoint_fit), so PD data on these clips are
+  mostly falls and the closed-loop score cannot tell checkpoints apart on them.
+
 Every episode has its own seed derived from the main seed, its round and its index, so the
 data do not depend on how the worker processes share the work. Torch is imported inside
 the functions that need it; the data-generation workers never use it.
@@ -28,7 +48,6 @@ import copy
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import time
 
@@ -52,11 +71,15 @@ from vrat_ros.observation import observation_layout
 from vrat_ros.observation import observation_size
 from vrat_ros.rat_model import RatBody
 from vrat_ros.rollout import run_inline
+from vrat_ros.resources import data_path
 from vrat_ros.resources import default_clip_path
+from vrat_ros.resources import TRAINING_CLIPS
 
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_CLIP = default_clip_path()
+# The shipped training clips (never the held-out ones, see resources.HELD_OUT_CLIPS).
+DEFAULT_TRAINING_CLIPS = [data_path('clips', name + '.npz') for name in TRAINING_CLIPS]
 CHECKPOINT_NAME = 'checkpoint.pt'
 POLICY_NAME = 'policy.onnx'
 SUMMARY_NAME = 'summary.json'
@@ -331,10 +354,9 @@ class _EpisodeGenerator:
 _WORKER_GENERATOR = None
 
 
-def _init_worker(clip_paths: list[str], hinge_names: list[str], scale: float, frames: int,
-                 policy_state: dict | None, activation: str) -> None:
+def _init_worker(clips: list[Clip], scale: float, frames: int, policy_state: dict | None,
+                 activation: str) -> None:
     global _WORKER_GENERATOR
-    clips = [Clip.load(p).reorder_to(hinge_names) for p in clip_paths]
     _WORKER_GENERATOR = _EpisodeGenerator(clips, scale, frames, policy_state, activation)
 
 
@@ -353,59 +375,67 @@ def round_settings(config: dict, round_index: int) -> dict:
     return cfg
 
 
+def collection_job(config: dict, round_index: int = 0,
+                   policy_state: dict | None = None) -> tuple[tuple, list[tuple]]:
+    """Returns what the workers of one collection round need: (init_args, tasks).
+
+    Each worker runs `_init_worker(*init_args)` once (the clips travel as data, so cluster
+    nodes need no copy of the clip files), then `_run_task(task)` per task; a task is a
+    chunk of episode indices and holds everything that decides its episodes.
+    """
+    cfg = round_settings(config, round_index)
+    n_episodes = int(cfg['n_episodes'])
+    scale = config['body']['scale']
+    hinge_names = RatBody(scale=scale).hinge_names
+    clips = [Clip.load(p).reorder_to(hinge_names) for p in config['clips']]
+    init_args = (clips, scale, int(config['relabel']['frames']), policy_state,
+                 config['model']['activation'])
+    tasks = [(cfg, int(config['seed']), round_index,
+              list(range(i, min(i + _CHUNK, n_episodes))))
+             for i in range(0, n_episodes, _CHUNK)]
+    return init_args, tasks
+
+
 def generate_episodes(config: dict, round_index: int = 0, policy_state: dict | None = None,
-                      progress: bool = False) -> list[dict]:
+                      progress: bool = False, workers: int | None = None,
+                      ray_address: str | None = None) -> list[dict]:
     """Generates one round of data-collection episodes (deterministic for the seed).
 
     Episode i of round r always uses the random stream derived from (seed, r, i), whichever
-    worker runs it, and the list comes back in index order.
+    worker runs it, and the list comes back in index order, so the episodes are the same
+    for any number of workers, with or without Ray.
 
     Args:
         config: the training configuration.
         round_index: 0 for the PD round, r > 0 for the closed-loop rounds.
         policy_state: the collecting policy's state dict as numpy arrays (rounds > 0).
         progress: show a tqdm bar.
+        workers: worker processes or Ray actors; None: config['data']['n_workers'], or
+            every CPU of the Ray cluster when ray_address is given.
+        ray_address: None for local processes, else a Ray address (see
+            `vrat_ros.workers.map_ordered`).
 
     Returns:
         A list of {'qpos': (T_i + 1, nq), 'qvel': (T_i + 1, nv), 'ctrl': (T_i, nu)}.
     """
-    cfg = round_settings(config, round_index)
-    n_episodes = int(cfg['n_episodes'])
-    n_workers = max(1, min(int(cfg['n_workers']), n_episodes))
-    scale = config['body']['scale']
-    init_args = (list(config['clips']), RatBody(scale=scale).hinge_names, scale,
-                 int(config['relabel']['frames']), policy_state,
-                 config['model']['activation'])
-    tasks = [(cfg, int(config['seed']), round_index,
-              list(range(i, min(i + _CHUNK, n_episodes))))
-             for i in range(0, n_episodes, _CHUNK)]
+    from vrat_ros.workers import map_ordered
+    init_args, tasks = collection_job(config, round_index, policy_state)
+    if workers is None and ray_address is None:
+        workers = int(round_settings(config, round_index)['n_workers'])
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=n_episodes, desc=f'round {round_index} episodes', unit='ep')
-    episodes = []
-    if n_workers == 1:
-        _init_worker(*init_args)
-        results = map(_run_task, tasks)
-        pool = None
-    else:
-        # fork needs no importable __main__ and starts fast; the workers never touch torch.
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context('fork' if 'fork' in methods else 'spawn')
-        pool = ctx.Pool(n_workers, initializer=_init_worker, initargs=init_args)
-        results = pool.imap(_run_task, tasks)
+        bar = tqdm(total=sum(len(t[3]) for t in tasks),
+                   desc=f'round {round_index} episodes', unit='ep')
     try:
-        for result in results:
-            episodes += result
-            if bar is not None:
-                bar.update(len(result))
+        chunks = map_ordered(
+            _run_task, tasks, workers, initializer=_init_worker, initargs=init_args,
+            on_result=None if bar is None else (lambda i, chunk: bar.update(len(chunk))),
+            ray_address=ray_address)
     finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
         if bar is not None:
             bar.close()
-    return episodes
+    return [episode for chunk in chunks for episode in chunk]
 
 
 def _save_episodes(path: str, episodes: list[dict], data_hash: str) -> None:
@@ -763,7 +793,8 @@ class _Dataset:
 
 
 def train(config: dict, out_dir: str, resume: bool = False, progress: bool = True,
-          stop_after_steps: int | None = None, export: bool = True) -> dict:
+          stop_after_steps: int | None = None, export: bool = True,
+          workers: int | None = None, ray_address: str | None = None) -> dict:
     """Generates data, trains the policy in rounds and (at the end) exports it to ONNX.
 
     Files in `out_dir`: episodes_r<k>.npz (the data of round k, reused on resume),
@@ -780,6 +811,8 @@ def train(config: dict, out_dir: str, resume: bool = False, progress: bool = Tru
         stop_after_steps: stop (after checkpointing) once this many steps are done in
             total, as an interruption would; None trains to the end.
         export: write policy.onnx once training is complete.
+        workers, ray_address: where the episodes are collected (see `generate_episodes`);
+            the data, and so the result, do not depend on them.
 
     Returns:
         A JSON-friendly summary: losses, closed-loop evaluations, timings, paths, sizes.
@@ -835,7 +868,8 @@ def train(config: dict, out_dir: str, resume: bool = False, progress: bool = Tru
         if episodes is None:
             state = None if collector is None else {
                 k: v.numpy().astype(np.float64) for k, v in collector.items()}
-            episodes = generate_episodes(config, r, state, progress=progress)
+            episodes = generate_episodes(config, r, state, progress=progress,
+                                         workers=workers, ray_address=ray_address)
             _save_episodes(path, episodes, data_hash)
         dataset.add(episodes, config, joint_idx, seed + 1000 * r, joint_fb)
         timings['data_s'] += time.perf_counter() - t0

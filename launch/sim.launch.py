@@ -2,6 +2,9 @@
 
 Arguments (ros2 launch vrat_ros sim.launch.py --show-args lists them):
   clip_file, policy_file      paths; default to the clip and policy shipped in the package
+  robot                       the sim's body: a name in config/robots (rat, quadruped) or a
+                              robot YAML path; its joints, rates and command interface must
+                              fit the policy's contract (the clip's joints too)
   mode                        lockstep (sim advances one control period per command) or realtime
   sim                         false leaves the sim out so a robot driver can take its place
   publish_float64_array       also send ros2_control-style Float64MultiArray commands
@@ -43,6 +46,9 @@ def generate_launch_description():
                               description='Reference clip (.npz) to track.'),
         DeclareLaunchArgument('policy_file', default_value=default_policy_path(),
                               description='ONNX policy with a vrat contract.'),
+        DeclareLaunchArgument('robot', default_value='rat',
+                              description='Body of the sim: a robot name in config/robots '
+                                          '(rat, quadruped) or a robot YAML path.'),
         DeclareLaunchArgument('mode', default_value='lockstep',
                               choices=['lockstep', 'realtime'],
                               description='Sim stepping: one period per command, or wall clock.'),
@@ -65,7 +71,8 @@ def generate_launch_description():
     reference = Node(
         package='vrat_ros', executable='reference_node', name='reference', output='screen',
         parameters=[PathJoinSubstitution([config_dir, 'reference.yaml']),
-                    {'clip_file': clip_file, 'use_sim_time': use_sim_time}])
+                    {'clip_file': clip_file, 'policy_file': policy_file,
+                     'use_sim_time': use_sim_time}])
     policy = Node(
         package='vrat_ros', executable='policy_node', name='policy', output='screen',
         remappings=[through_safety('joint_states', 'safety/joint_states'),
@@ -87,7 +94,7 @@ def generate_launch_description():
                                    'safety/effort_controller/commands')],
         parameters=[PathJoinSubstitution([config_dir, 'sim.yaml']),
                     {'clip_file': clip_file, 'mode': LaunchConfiguration('mode'),
-                     'use_sim_time': use_sim_time}])
+                     'robot': LaunchConfiguration('robot'), 'use_sim_time': use_sim_time}])
 
     viz = Node(
         package='vrat_ros', executable='viz_node', name='rat_viz', output='screen',

@@ -127,3 +127,13 @@ def test_launch_defaults_point_at_shipped_files():
 def test_launch_and_config_files_are_installed_by_setup():
     text = (ROOT / 'setup.py').read_text()
     assert "'launch/*.launch.py'" in text and "'config/*.yaml'" in text
+
+
+def test_robot_argument_reaches_the_sim_and_the_contract_the_reference():
+    robot = [c for c in _launch_calls() if _call_name(c) == 'DeclareLaunchArgument'
+             and _str_arg(c) == 'robot']
+    assert len(robot) == 1 and _str_arg(robot[0], keyword='default_value') == 'rat'
+    nodes = {n['name']: n for n in _own_nodes()}
+    assert 'robot' in nodes['rat_sim']['keys']
+    # The reference node takes its window and root joint from the policy's contract.
+    assert 'policy_file' in nodes['reference']['keys']

@@ -1,5 +1,8 @@
 """The robot description layer: the rat and the quadruped files, a user MJCF, bad files."""
 
+from fixtures import TOY_XML
+from fixtures import TOY_YAML
+from fixtures import write_toy
 import mujoco
 import numpy as np
 import pytest
@@ -9,69 +12,6 @@ from vrat_ros.rat_model import RatBody
 from vrat_ros.robots import load_robot
 from vrat_ros.robots import Robot
 from vrat_ros.robots import RobotSpecError
-
-# A small legged robot of our own: a box torso, four legs of two hinges each, motors, feet.
-_LEG = """
-      <body name="{n}_thigh" pos="{x} {y} 0">
-        <joint name="{n}_hip" axis="0 1 0" range="-60 60"/>
-        <geom type="capsule" fromto="0 0 0 0 0 -0.12" size="0.02"/>
-        <body name="{n}_shin" pos="0 0 -0.12">
-          <joint name="{n}_knee" axis="0 1 0" range="-120 0"/>
-          <geom type="capsule" fromto="0 0 0 0 0 -0.12" size="0.015"/>
-          <geom name="{n}_foot" type="sphere" pos="0 0 -0.12" size="0.02"/>
-          <site name="{n}_foot" pos="0 0 -0.12" size="0.021"/>
-        </body>
-      </body>"""
-_LEGS = {'fl': (0.15, 0.08), 'fr': (0.15, -0.08), 'hl': (-0.15, 0.08), 'hr': (-0.15, -0.08)}
-TOY_XML = """<mujoco model="toy">
-  <compiler angle="degree"/>
-  <option timestep="0.004"/>
-  <worldbody>
-    <geom name="ground" type="plane" size="3 3 0.1"/>
-    <body name="base" pos="0 0 0.3">
-      <freejoint name="base_free"/>
-      <geom type="box" size="0.2 0.1 0.04" mass="2"/>{legs}
-    </body>
-  </worldbody>
-  <actuator>{motors}
-  </actuator>
-</mujoco>
-""".format(
-    legs=''.join(_LEG.format(n=n, x=x, y=y) for n, (x, y) in _LEGS.items()),
-    motors=''.join(f'\n    <motor name="{n}_{j}" joint="{n}_{j}" gear="5" ctrlrange="-1 1" '
-                   'ctrllimited="true"/>' for n in _LEGS for j in ('hip', 'knee')))
-
-TOY_YAML = """\
-name: toy
-mjcf: {path: models/toy.xml}
-root: {joint: base_free, body: base}
-joints: all
-actuation: {actuators: model, names: all}
-command_interface: effort
-pd: {kp: 20.0, kd: 0.5}
-timing: {physics_timestep_s: 0.004, control_rate_hz: 50.0}
-torso: {body: base, healthy_z_range: [0.1, 1.0]}
-feet:
-  fl: {site: fl_foot}
-  fr: {site: fr_foot}
-  hl: {site: hl_foot}
-  hr: {site: hr_foot}
-retarget:
-  trunk: {front: SpineF, back: SpineL}
-  limbs:
-    fl: {base: ShoulderL, end: ArmL, foot: fl}
-    fr: {base: ShoulderR, end: ArmR, foot: fr}
-    hl: {base: HipL, end: ShinL, foot: hl}
-    hr: {base: HipR, end: ShinR, foot: hr}
-"""
-
-
-def write_toy(tmp_path, yaml_text=TOY_YAML, xml_text=TOY_XML):
-    (tmp_path / 'models').mkdir(exist_ok=True)
-    (tmp_path / 'models' / 'toy.xml').write_text(xml_text)
-    path = tmp_path / 'toy.yaml'
-    path.write_text(yaml_text)
-    return str(path)
 
 
 def test_shipped_robot_names():

@@ -21,6 +21,7 @@ import numpy as np
 
 from vrat_ros.clip import Clip
 from vrat_ros.policy import read_contract
+from vrat_ros.policy import root_joint
 from vrat_ros.ros_messages import seconds_to_ns
 from vrat_ros.ros_messages import stamp_to_ns
 
@@ -35,7 +36,8 @@ class RosLoopResult:
         times: (T,) clip times of the recorded states (s).
         qpos: (T, nq) sim poses rebuilt from joint_states and odom (matched by name).
         ref_qpos: (T, nq) reference poses at `times` (clip.sample, body hinge order).
-        torques: (T - 1, nu) torques the sim received on policy/effort (N m, body order).
+        torques: (T - 1, nu) commands the sim received on policy/effort (torques, N m) or
+            policy/position (joint targets, for a position robot), in body actuator order.
         n_saturated: actuator-steps whose torque the sim clamped to the force limit.
         rejected_commands: commands the sim rejected.
         sim_seconds: simulated time covered (s).
@@ -70,7 +72,8 @@ class RosLoopResult:
 class _Recorder:
     """Keeps the last joint state, odometry and command of each stamp, by name."""
 
-    def __init__(self, node, hinge_names: list[str], actuator_names: list[str]):
+    def __init__(self, node, hinge_names: list[str], actuator_names: list[str],
+                 command_topic: str = 'policy/effort', command_field: str = 'effort'):
         from nav_msgs.msg import Odometry
         from sensor_msgs.msg import JointState
         self._hinges = list(hinge_names)
@@ -78,9 +81,10 @@ class _Recorder:
         self.joints = {}
         self.roots = {}
         self.torques = {}
+        self._field = command_field
         node.create_subscription(JointState, 'joint_states', self._on_joint_state, 50)
         node.create_subscription(Odometry, 'odom', self._on_odom, 50)
-        node.create_subscription(JointState, 'policy/effort', self._on_effort, 50)
+        node.create_subscription(JointState, command_topic, self._on_effort, 50)
 
     @staticmethod
     def _by_name(names, values, wanted: list[str]) -> np.ndarray:
@@ -97,7 +101,7 @@ class _Recorder:
 
     def _on_effort(self, msg) -> None:
         self.torques[stamp_to_ns(msg.header.stamp)] = self._by_name(
-            msg.name, msg.effort, self._actuators)
+            msg.name, getattr(msg, self._field), self._actuators)
 
     def has_state(self, stamp_ns: int) -> bool:
         return stamp_ns in self.joints and stamp_ns in self.roots
@@ -111,7 +115,7 @@ def run_ros_loop(
     policy_path: str,
     seconds: float | None = None,
     start_time_s: float = 0.0,
-    body_scale: float = 0.9,
+    body_scale: float | None = None,
     progress: bool = False,
     domain_id: int | None = None,
     stall_timeout_s: float = 30.0,
@@ -121,6 +125,7 @@ def run_ros_loop(
     lesions: dict | None = None,
     lesion_seed: int = 0,
     publish_activations: bool = False,
+    robot: str = 'rat',
 ) -> RosLoopResult:
     """Run reference, policy and a lockstep sim in this process until the run's end.
 
@@ -135,7 +140,7 @@ def run_ros_loop(
         seconds: sim time to run (s); None runs to the end of the clip. It is cut at the clip's
             end and rounded down to whole control periods.
         start_time_s: clip time of the initial state (s).
-        body_scale: length scale of the rat body.
+        body_scale: length scale of the body; None keeps the robot file's (0.9 for the rat).
         progress: show a tqdm progress bar.
         domain_id: ROS domain id; None takes ROS_DOMAIN_ID from the environment.
         stall_timeout_s: give up when no new state arrives for this long (wall s).
@@ -149,6 +154,8 @@ def run_ros_loop(
         lesion_seed: seed of the noise lesions.
         publish_activations: the policy node also publishes ~/observation and
             ~/activations/<layer> on each step.
+        robot: the body, a robot name in config/robots or a robot YAML path (`robots.py`);
+            its command interface must be the policy's.
 
     Returns:
         The `RosLoopResult`.
@@ -211,12 +218,19 @@ def run_ros_loop(
 
     bar = executor = None
     try:
-        sim = make(RatSimNode, mode='lockstep', control_rate_hz=rate_hz, body_scale=body_scale,
-                   clip_file=clip_path, start_time_s=start_time_s, publish_clock=True)
+        scale = {} if body_scale is None else {'body_scale': float(body_scale)}
+        sim = make(RatSimNode, robot=str(robot), mode='lockstep', control_rate_hz=rate_hz,
+                   clip_file=clip_path, start_time_s=start_time_s, publish_clock=True,
+                   **scale)
+        if sim.command_interface != contract['command_interface']:
+            raise ValueError(
+                f"robot '{sim.robot_spec.name}' takes {sim.command_interface} commands; the "
+                f"policy's contract gives {contract['command_interface']} commands")
         reference = make(
             ReferenceNode, clip_file=clip_path, start_time_s=start_time_s,
             control_rate_hz=rate_hz, window_frames=int(contract['reference']['frames']),
-            window_dt_s=float(contract['reference']['dt_s']), use_sim_time=True)
+            window_dt_s=float(contract['reference']['dt_s']),
+            root_joint=root_joint(contract), use_sim_time=True)
         policy = make(PolicyNode, policy_file=policy_path, use_sim_time=True,
                       publish_activations=publish_activations, lesion_seed=int(lesion_seed),
                       **lesion_parameters)
@@ -226,7 +240,8 @@ def run_ros_loop(
         recorder_node = rclpy.create_node('recorder', context=context, namespace=namespace,
                                           start_parameter_services=False)
         nodes.append(recorder_node)
-        recorder = _Recorder(recorder_node, sim.body.hinge_names, sim.body.actuator_names)
+        recorder = _Recorder(recorder_node, sim.body.hinge_names, sim.body.actuator_names,
+                             sim.command_topic, sim.command_interface)
         if record_path is not None:
             from vrat_ros.recorder import McapRecorder
             mcap = McapRecorder(recorder_node, record_path, discovery_period_s=0.05)
@@ -310,7 +325,7 @@ def run_ros_loop(
                            clip=clip, clip_path=clip_path, policy_path=policy_path,
                            contract=contract, start_time_s=start_time_s, parameters={
                                'seconds': seconds, 'start_time_s': start_time_s,
-                               'body_scale': body_scale, 'control_rate_hz': rate_hz,
+                               'body_scale': sim.body.scale, 'control_rate_hz': rate_hz,
                                'n_control_steps': len(kept) - 1, 'halted': bool(halted),
                                'lesions': applied_lesions, 'lesion_seed': int(lesion_seed)})
     return RosLoopResult(

@@ -4,8 +4,10 @@ The contract is JSON in the ONNX model's metadata_props under the key 'vrat_cont
   format_version     1
   joint_names        joints the observation reads, in order (matched by name to joint states)
   actuator_names     actuators the action drives, in order (the command's joint names)
-  command_interface  'effort' (torque commands, N m)
-  action_scale       per actuator, torque = clip(action, action_clip) * action_scale
+  command_interface  'effort' (torque commands, N m) or 'position' (joint targets, rad or m,
+                     that the driver tracks with its own PD loop at physics rate)
+  action_scale       per actuator, command = clip(action, action_clip) * action_scale
+                     (+ action_offset)
   action_clip        [lo, hi] bounds of the raw action
   control_rate_hz    rate the network was trained for
   reference          {'frames': K, 'dt_s': seconds between frames}
@@ -13,6 +15,15 @@ The contract is JSON in the ONNX model's metadata_props under the key 'vrat_cont
   input_name, output_name   graph tensor names
   layers             names of extra graph outputs that expose hidden activations
   body               {'name', 'scale', 'actuators'} the body it was trained on
+Optional fields (absent in older files; the defaults are what those files meant):
+  root_joint         name of the body's free root joint, the joint of the reference's root
+                     trajectory (default 'root')
+  action_offset      per actuator, added to the scaled action (default none): e.g. the
+                     standing pose, so that a position policy outputs offsets from it
+  body_joints        every joint the body's driver publishes, read by the policy or not;
+                     names outside it are reported as unknown (default: the joint_names,
+                     plus the rat's tail joints for format-1 rat contracts, which left the
+                     tail out on purpose)
 Observation normalisation is part of the graph; callers feed raw observations.
 """
 
@@ -34,6 +45,26 @@ CONTRACT_VERSION = 1
 _REQUIRED_KEYS = ('joint_names', 'actuator_names', 'command_interface', 'action_scale',
                   'action_clip', 'control_rate_hz', 'reference', 'observation',
                   'input_name', 'output_name')
+COMMAND_INTERFACES = ('effort', 'position')
+DEFAULT_ROOT_JOINT = 'root'
+# Format-1 rat contracts read 43 of the rat's 67 hinges: the tail joints, which the rat's
+# driver publishes, were left out on purpose and are not unknown to them.
+_LEGACY_UNREAD_PREFIXES = {'rat': 'vertebra_C'}
+
+
+def root_joint(contract: dict) -> str:
+    """The name of the free root joint a contract's body moves on ('root' when absent)."""
+    return str(contract.get('root_joint', DEFAULT_ROOT_JOINT))
+
+
+def is_body_joint(contract: dict, name: str) -> bool:
+    """Whether `name` is a joint of the contract's body (read by the policy or not)."""
+    if name in contract['joint_names']:
+        return True
+    if 'body_joints' in contract:
+        return name in contract['body_joints']
+    prefix = _LEGACY_UNREAD_PREFIXES.get(str((contract.get('body') or {}).get('name', '')))
+    return prefix is not None and name.startswith(prefix)
 
 
 def validate_contract(contract: dict) -> dict:
@@ -45,11 +76,25 @@ def validate_contract(contract: dict) -> dict:
     missing = [k for k in _REQUIRED_KEYS if k not in contract]
     if missing:
         raise PolicyLoadError(f'vrat contract lacks keys {missing}')
-    n_act = len(contract['actuator_names'])
-    if len(contract['action_scale']) != n_act:
+    if contract['command_interface'] not in COMMAND_INTERFACES:
         raise PolicyLoadError(
-            f"contract action_scale has {len(contract['action_scale'])} entries for "
-            f'{n_act} actuators')
+            f"contract command_interface {contract['command_interface']!r} should be one of "
+            f'{list(COMMAND_INTERFACES)}')
+    n_act = len(contract['actuator_names'])
+    for key in ('action_scale', 'action_offset'):
+        if key in contract and len(contract[key]) != n_act:
+            raise PolicyLoadError(
+                f'contract {key} has {len(contract[key])} entries for {n_act} actuators')
+    root = contract.get('root_joint', DEFAULT_ROOT_JOINT)
+    if not isinstance(root, str) or not root:
+        raise PolicyLoadError(f'contract root_joint should be a joint name: got {root!r}')
+    if root_joint(contract) in contract['joint_names']:
+        raise PolicyLoadError(f"contract root_joint {root_joint(contract)!r} is also one of "
+                              'its joint_names')
+    missing = [n for n in contract['joint_names'] if n not in contract.get('body_joints', [n])]
+    if missing:
+        raise PolicyLoadError(f'contract body_joints lacks joints the policy reads: '
+                              f'{missing[:5]}')
     expected = observation_size(len(contract['joint_names']), int(contract['reference']['frames']))
     if int(contract['observation']['size']) != expected:
         raise PolicyLoadError(
@@ -188,6 +233,10 @@ class OnnxPolicy:
         self.layer_names = [n for n in self.contract['layers'] if n in outputs]
         self._outputs = [self.contract['output_name']] + self.layer_names
         self.action_scale = np.asarray(self.contract['action_scale'], dtype=np.float64)
+        self.action_offset = (np.asarray(self.contract['action_offset'], dtype=np.float64)
+                              if 'action_offset' in self.contract else None)
+        self.command_interface = str(self.contract['command_interface'])
+        self.root_joint = root_joint(self.contract)
         self.action_clip = tuple(float(v) for v in self.contract['action_clip'])
         self.joint_names: list[str] = list(self.contract['joint_names'])
         self.actuator_names: list[str] = list(self.contract['actuator_names'])
@@ -231,6 +280,19 @@ class OnnxPolicy:
                   for n, r in zip(self.layer_names, results[1:])}
         return action, layers
 
+    def command_from_action(self, action: np.ndarray) -> np.ndarray:
+        """Returns the command of a clipped action: action * action_scale (+ action_offset).
+
+        Torques (N m) for an 'effort' contract, joint targets for a 'position' one.
+        """
+        command = action * self.action_scale
+        if self.action_offset is not None:
+            command = command + self.action_offset
+        return command
+
     def torques(self, observation: npt.ArrayLike) -> np.ndarray:
-        """Returns actuator torques (N m) for one observation: clipped action * action_scale."""
-        return self.run(observation) * self.action_scale
+        """Returns the command for one observation (`command_from_action` of `run`).
+
+        The name is older than position contracts: for those the values are joint targets.
+        """
+        return self.command_from_action(self.run(observation))

@@ -4,10 +4,15 @@ Inputs are matched by name to the policy contract, so their order does not matte
   joint_states                 sensor_msgs/JointState (position rad, velocity rad/s)
   odom                         nav_msgs/Odometry (root pose in the world, twist in the root)
   reference/joint_trajectory   trajectory_msgs/JointTrajectory
-  reference/root_trajectory    trajectory_msgs/MultiDOFJointTrajectory (joint 'root')
-Output: policy/effort, sensor_msgs/JointState with the contract's actuator names and torques
-(N m) in `effort`, stamped with the joint state it answers; optionally also
-effort_controller/commands (std_msgs/Float64MultiArray, the contract's actuator order).
+  reference/root_trajectory    trajectory_msgs/MultiDOFJointTrajectory (the contract's
+                               root joint, 'root' unless it names another)
+Output, by the contract's command interface, stamped with the joint state it answers:
+  effort    policy/effort, sensor_msgs/JointState with the contract's actuator names and
+            torques (N m) in `effort`; optionally also effort_controller/commands
+  position  policy/position, the same with joint targets (rad, or m for slide joints) in
+            `position`; optionally also position_controller/commands
+(the optional topics: std_msgs/Float64MultiArray in the contract's actuator order). Nothing
+in here is specific to one body: joints, actuators and root come from the contract.
 
 Introspection (see `vrat_ros.introspection`):
   ~/activations/<layer>   std_msgs/Float32MultiArray, one per layer named in the contract, and
@@ -50,9 +55,9 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 
-from vrat_ros import rat_constants as rc
 from vrat_ros.clip import quat_slerp
 from vrat_ros.driver_check import command_interfaces
+from vrat_ros.driver_check import INTERFACE_TOPICS
 from vrat_ros.driver_check import DriverCheck
 from vrat_ros.introspection import LesionablePolicy
 from vrat_ros.introspection import normalize_lesions
@@ -60,17 +65,21 @@ from vrat_ros.introspection import PolicyStep
 from vrat_ros.node_main import spin_node
 from vrat_ros.observation import build_observation
 from vrat_ros.policy import EXECUTION_MODES
+from vrat_ros.policy import is_body_joint
 from vrat_ros.policy import SessionSettings
 from vrat_ros.resources import default_policy_path
 from vrat_ros.safety import StampOrder
+from vrat_ros.ros_messages import command_topics
 from vrat_ros.ros_messages import ns_to_time
 from vrat_ros.ros_messages import quat_msg_to_wxyz
 from vrat_ros.ros_messages import seconds_to_ns
 from vrat_ros.ros_messages import stamp_to_ns
 from vrat_ros.ros_messages import vector_to_array
 
-EFFORT_TOPIC = 'policy/effort'
-ARRAY_TOPIC = 'effort_controller/commands'
+EFFORT_TOPIC, ARRAY_TOPIC = command_topics('effort')
+# The driver check's command topics, plus the named position topic the sim takes.
+_INTERFACE_TOPICS = dict(INTERFACE_TOPICS, position=tuple(INTERFACE_TOPICS['position'])
+                         + (command_topics('position')[0],))
 _HISTORY = 8          # odometry messages and reference windows kept for matching
 _MAX_LAYOUTS = 16     # cached name orders of incoming messages
 _LESION_PREFIX = 'lesion.'
@@ -138,8 +147,9 @@ class PolicyNode(Node):
         self.declare_parameter('policy_file', default_policy_path(), ParameterDescriptor(
             description='ONNX policy with a vrat contract', read_only=True))
         self.declare_parameter('publish_float64_array', False, ParameterDescriptor(
-            description=f'Also publish {ARRAY_TOPIC} (Float64MultiArray, contract order)',
-            read_only=True))
+            description='Also publish effort_controller/commands or '
+                        'position_controller/commands (by the contract\'s interface; '
+                        'Float64MultiArray, contract order)', read_only=True))
         self.declare_parameter('reference_tolerance_s', 0.001, ParameterDescriptor(
             description='How far (s) the reference window may fall short of t + dt .. t + K dt '
                         '(its end points are held); about one control period for realtime use',
@@ -193,6 +203,9 @@ class PolicyNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
         self.joint_names = list(self.policy.joint_names)
+        self.command_interface = self.policy.command_interface
+        self.root_joint = self.policy.root_joint
+        self.command_topic, self.array_topic = command_topics(self.command_interface)
         self.driver_check = (DriverCheck(self.policy.contract)
                              if self.get_parameter('check_driver').value else None)
         self._stamp_order = StampOrder()
@@ -216,8 +229,10 @@ class PolicyNode(Node):
 
         # Publishers and subscriptions.
         qos = QoSProfile(depth=10)
-        self.effort_pub = self.create_publisher(JointState, EFFORT_TOPIC, qos)
-        self.array_pub = (self.create_publisher(Float64MultiArray, ARRAY_TOPIC, qos)
+        # `effort_pub` is the command publisher of either interface (the name is older).
+        self.effort_pub = self.create_publisher(JointState, self.command_topic, qos)
+        self.command_pub = self.effort_pub
+        self.array_pub = (self.create_publisher(Float64MultiArray, self.array_topic, qos)
                           if self.publish_array else None)
         self.observation_pub = self.create_publisher(Float32MultiArray, '~/observation', qos)
         self.activation_pubs = {
@@ -236,7 +251,8 @@ class PolicyNode(Node):
             f'{len(self.policy.actuator_names)} actuators, observation '
             f'{self.policy.observation_size}, {self.policy.reference_frames} reference frames '
             f'{self.dt_ns * 1e-6:g} ms apart, trained at {self.policy.control_rate_hz:g} Hz; '
-            f"commands on {EFFORT_TOPIC}{' and ' + ARRAY_TOPIC if self.publish_array else ''}; "
+            f"{self.command_interface} commands on {self.command_topic}"
+            f"{' and ' + self.array_topic if self.publish_array else ''}; "
             f'layers {self.policy.layer_sizes or "none"}'
             f"{', activations published' if self.publish_activations else ''}"
             f"{', lesions ' + str(self._lesion_summary()) if self.policy.lesioned else ''}")
@@ -331,10 +347,10 @@ class PolicyNode(Node):
             for i, n in enumerate(names):
                 index.setdefault(n, i)
             missing = [n for n in self.joint_names if n not in index]
-            # NOTE: the tail joints are left out of the contract on purpose; they are not unknown.
-            known = set(self.joint_names)
-            unknown = [n for n in index if n not in known
-                       and not n.startswith(rc.TAIL_JOINT_PREFIX)]
+            # Joints of the body that the policy does not read (the contract's body_joints)
+            # are expected, not unknown.
+            contract = self.policy.contract
+            unknown = [n for n in index if not is_body_joint(contract, n)]
             if unknown:
                 self._warn_once(f'unknown_joints:{source}:{sorted(unknown)}',
                                 f'{source} has joints the policy does not know (ignored): '
@@ -352,7 +368,8 @@ class PolicyNode(Node):
         stamp_ns = stamp_to_ns(msg.header.stamp)
         if self.driver_check is not None and self.driver_check.pending:
             # Raises DriverMismatchError: the node stops, naming the mismatch.
-            self.driver_check.observe(msg.name, stamp_ns, command_interfaces(self))
+            self.driver_check.observe(msg.name, stamp_ns,
+                                      command_interfaces(self, _INTERFACE_TOPICS))
         order = self._stamp_order.check(stamp_ns)
         if order == 'backwards':
             self._input_error(f'joint_states stamped {stamp_ns * 1e-9:.6f} s is older than '
@@ -436,11 +453,11 @@ class PolicyNode(Node):
         if window is None:
             return
         names = list(msg.joint_names)
-        if rc.ROOT_JOINT not in names:
-            self._input_error(f"reference/root_trajectory has no joint '{rc.ROOT_JOINT}': "
+        if self.root_joint not in names:
+            self._input_error(f"reference/root_trajectory has no joint '{self.root_joint}': "
                               f'{_preview(names)}')
             return
-        j = names.index(rc.ROOT_JOINT)
+        j = names.index(self.root_joint)
         if any(len(p.transforms) != len(names) for p in msg.points):
             self._input_error(
                 f'reference/root_trajectory points should have {len(names)} transforms')
@@ -518,18 +535,23 @@ class PolicyNode(Node):
             action, layers = self.policy.run(obs, with_layers=True)
         else:
             action = self.policy.run(obs)
-        torques = action * self.policy.action_scale
+        torques = self.policy.command_from_action(action)  # joint targets for 'position'
         if not np.isfinite(torques).all():
-            self._input_error('the network returned non-finite torques')
+            self._input_error(f'the network returned non-finite {self.command_interface} '
+                              'commands')
             return
 
         msg = JointState()
         msg.header.stamp = ns_to_time(stamp_ns)
         msg.name = self.policy.actuator_names
-        msg.effort = array.array('d', torques.tobytes())  # taken as is; a list is checked
+        values = array.array('d', torques.tobytes())  # taken as is; a list is checked
+        if self.command_interface == 'effort':
+            msg.effort = values
+        else:
+            msg.position = values
         self.effort_pub.publish(msg)
         if self.array_pub is not None:
-            self.array_pub.publish(Float64MultiArray(data=msg.effort))
+            self.array_pub.publish(Float64MultiArray(data=values))
         self.last_stamp_ns = stamp_ns
         self.last_command = msg
         self.commands_published += 1

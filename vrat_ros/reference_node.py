@@ -2,8 +2,8 @@
 
 Each tick at time t publishes a window of K points at t + k * window_dt_s (k = 1..K):
   reference/joint_trajectory  trajectory_msgs/JointTrajectory, the clip's hinges (rad, rad/s)
-  reference/root_trajectory   trajectory_msgs/MultiDOFJointTrajectory, joint 'root': the
-                              root pose in the world (quaternion x, y, z, w)
+  reference/root_trajectory   trajectory_msgs/MultiDOFJointTrajectory, one joint (the root,
+                              `root_joint`): the root pose in the world (quaternion x, y, z, w)
 header.stamp is t; time_from_start is k * window_dt_s; the clip is sampled at
 start_time_s + t + k * window_dt_s (interpolated between frames, so any rate works). Point
 velocities interpolate the clip's per-frame velocities (`Clip.states`); the policy reads only
@@ -16,6 +16,11 @@ window of the next tick goes out at the same time, one tick early: the policy th
 before the sim reaches that tick, so in lockstep the loop does not wait for this node. Each
 window is still sent once per tick. Without use_sim_time, a wall timer drives the node and t
 counts from its first tick.
+
+Nothing here is specific to one body: the joints are the clip's, and the window (frames,
+spacing, rate) and the root joint's name come from the policy's contract when `policy_file`
+is given (each can still be set on its own). Without it: 5 frames 20 ms apart at 50 Hz and
+the clip's `root_joint` (its meta data), else 'root'.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from rcl_interfaces.msg import FloatingPointRange
 from rcl_interfaces.msg import IntegerRange
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
@@ -38,9 +44,11 @@ from trajectory_msgs.msg import JointTrajectoryPoint
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 from trajectory_msgs.msg import MultiDOFJointTrajectoryPoint
 
-from vrat_ros import rat_constants as rc
 from vrat_ros.clip import Clip
 from vrat_ros.node_main import spin_node
+from vrat_ros.policy import DEFAULT_ROOT_JOINT
+from vrat_ros.policy import read_contract
+from vrat_ros.policy import root_joint
 from vrat_ros.resources import default_clip_path
 from vrat_ros.ros_messages import ns_to_duration
 from vrat_ros.ros_messages import ns_to_time
@@ -49,6 +57,10 @@ from vrat_ros.ros_messages import stamp_to_ns
 
 JOINT_TOPIC = 'reference/joint_trajectory'
 ROOT_TOPIC = 'reference/root_trajectory'
+# Window defaults without a policy file (those of the shipped policy's contract).
+DEFAULT_WINDOW_FRAMES = 5
+DEFAULT_WINDOW_DT_S = 0.02
+DEFAULT_RATE_HZ = 50.0
 
 
 class ReferenceNode(Node):
@@ -59,18 +71,33 @@ class ReferenceNode(Node):
         # Parameters.
         self.declare_parameter('clip_file', default_clip_path(), ParameterDescriptor(
             description='Reference clip (.npz) to publish', read_only=True))
-        self.declare_parameter('window_frames', rc.REFERENCE_WINDOW_FRAMES, ParameterDescriptor(
-            description='Future frames K per window (points at k * window_dt_s, k = 1..K)',
-            integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)],
+        self.declare_parameter('policy_file', '', ParameterDescriptor(
+            description='Optional ONNX policy whose contract gives the defaults of '
+                        'window_frames, window_dt_s, control_rate_hz and root_joint',
             read_only=True))
-        self.declare_parameter('window_dt_s', 1.0 / rc.CONTROL_RATE_HZ, ParameterDescriptor(
-            description="Time between window points (s); the policy contract's reference dt_s",
-            floating_point_range=[FloatingPointRange(from_value=1e-4, to_value=10.0)],
-            read_only=True))
-        self.declare_parameter('control_rate_hz', rc.CONTROL_RATE_HZ, ParameterDescriptor(
-            description='Windows per second (Hz); match the sim in lockstep',
-            floating_point_range=[FloatingPointRange(from_value=0.1, to_value=1000.0)],
-            read_only=True))
+        # Typed without a default: unset (None) takes the contract's value, else the default.
+        window = {
+            'window_frames': (Parameter.Type.INTEGER, ParameterDescriptor(
+                description='Future frames K per window (points at k * window_dt_s, '
+                            f"k = 1..K; default: the contract's, else {DEFAULT_WINDOW_FRAMES})",
+                integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)],
+                read_only=True)),
+            'window_dt_s': (Parameter.Type.DOUBLE, ParameterDescriptor(
+                description="Time between window points (s; default: the contract's "
+                            f'reference dt_s, else {DEFAULT_WINDOW_DT_S})',
+                floating_point_range=[FloatingPointRange(from_value=1e-4, to_value=10.0)],
+                read_only=True)),
+            'control_rate_hz': (Parameter.Type.DOUBLE, ParameterDescriptor(
+                description='Windows per second (Hz); match the sim in lockstep (default: '
+                            f"the contract's, else {DEFAULT_RATE_HZ:g})",
+                floating_point_range=[FloatingPointRange(from_value=0.1, to_value=1000.0)],
+                read_only=True)),
+            'root_joint': (Parameter.Type.STRING, ParameterDescriptor(
+                description="Joint name of the root trajectory (default: the contract's "
+                            "root_joint, else the clip's, else 'root')", read_only=True)),
+        }
+        values = {name: self.declare_parameter(name, kind, descriptor).value
+                  for name, (kind, descriptor) in window.items()}
         self.declare_parameter('start_time_s', 0.0, ParameterDescriptor(
             description='Clip time (s) at time 0', read_only=True))
         self.declare_parameter('loop', False, ParameterDescriptor(
@@ -81,9 +108,21 @@ class ReferenceNode(Node):
                         'so the lockstep loop need not wait for it', read_only=True))
 
         clip_file = self.get_parameter('clip_file').value
-        self.window_frames = int(self.get_parameter('window_frames').value)
-        self.window_dt_ns = seconds_to_ns(self.get_parameter('window_dt_s').value)
-        rate_hz = float(self.get_parameter('control_rate_hz').value)
+        policy_file = self.get_parameter('policy_file').value
+        contract = read_contract(policy_file) if policy_file else None
+
+        def setting(name, from_contract, default):
+            value = values[name]
+            if value is not None:
+                return value
+            return from_contract(contract) if contract is not None else default
+
+        self.window_frames = int(setting(
+            'window_frames', lambda c: c['reference']['frames'], DEFAULT_WINDOW_FRAMES))
+        self.window_dt_ns = seconds_to_ns(setting(
+            'window_dt_s', lambda c: c['reference']['dt_s'], DEFAULT_WINDOW_DT_S))
+        rate_hz = float(setting('control_rate_hz', lambda c: c['control_rate_hz'],
+                                DEFAULT_RATE_HZ))
         self.start_time_s = float(self.get_parameter('start_time_s').value)
         self.loop = bool(self.get_parameter('loop').value)
         self.publish_ahead = bool(self.get_parameter('publish_ahead').value)
@@ -94,6 +133,10 @@ class ReferenceNode(Node):
         if self.period_ns <= 0 or self.window_dt_ns <= 0:
             raise ValueError('control_rate_hz and window_dt_s should give positive periods')
         self.clip = Clip.load(clip_file)
+        clip_root = str(self.clip.meta.get('root_joint', DEFAULT_ROOT_JOINT))
+        self.root_joint = str(setting(
+            'root_joint', lambda c: root_joint(c) if 'root_joint' in c else clip_root,
+            clip_root))
         if not 0.0 <= self.start_time_s <= self.clip.duration_s:
             raise ValueError(
                 f'start_time_s should be in [0, {self.clip.duration_s:.3f}] s for '
@@ -127,7 +170,8 @@ class ReferenceNode(Node):
             f'{self.clip.duration_s:.2f} s) from {self.start_time_s} s: {self.window_frames} '
             f'frames every {self.window_dt_ns * 1e-6:g} ms, {rate_hz:g} windows/s on '
             f"{'/clock' if self.use_sim_time else 'a wall timer'}, "
-            f"{'looping' if self.loop else 'holding the last frame'} at the end")
+            f"{'looping' if self.loop else 'holding the last frame'} at the end, root joint "
+            f"'{self.root_joint}'")
 
     def _on_clock(self, msg: ClockMsg) -> None:
         now_ns = stamp_to_ns(msg.clock)
@@ -186,7 +230,7 @@ class ReferenceNode(Node):
         stamp = ns_to_time(stamp_ns)
         joint_msg = JointTrajectory(joint_names=self.clip.joint_names)
         joint_msg.header.stamp = stamp
-        root_msg = MultiDOFJointTrajectory(joint_names=[rc.ROOT_JOINT])
+        root_msg = MultiDOFJointTrajectory(joint_names=[self.root_joint])
         root_msg.header.stamp = stamp
         root_msg.header.frame_id = 'world'
         # Sequence fields take array.array('d') as it is; a list would be checked item by item.

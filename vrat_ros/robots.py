@@ -645,19 +645,26 @@ def _check_names(robot: RobotSpec, model: mujoco.MjModel) -> None:
             need(body, bodies, 'marker_set', 'body')
 
 
-def load_robot(name_or_path: str | os.PathLike) -> tuple[mujoco.MjModel, RobotSpec]:
+def load_robot(name_or_path: str | os.PathLike, scale: float | None = None
+               ) -> tuple[mujoco.MjModel, RobotSpec]:
     """Reads a robot file, builds its model and checks every name in the file against it.
 
     Args:
         name_or_path: a robot name from `robot_names()` ('rat', 'quadruped') or a YAML path.
+        scale: if given, replaces the file's `build.scale` (lengths of the MJCF times this).
 
     Returns:
         The compiled MjModel and the RobotSpec.
 
     Raises:
-        RobotSpecError: (one line) the file, the MJCF or a name in the file is wrong.
+        RobotSpecError: (one line) the file, the MJCF or a name in the file is wrong, or the
+            scale is out of range.
     """
     robot = load_robot_spec(name_or_path)
+    if scale is not None:
+        robot.build = dict(robot.build, scale=_positive(scale, robot.path, 'build.scale'))
+        if not 0.01 <= robot.build['scale'] <= 100:
+            raise _fail(robot.path, 'build.scale', f'should be in [0.01, 100], got {scale}')
     model = build_robot_model(robot)
     _check_names(robot, model)
     return model, robot
@@ -710,6 +717,30 @@ class Robot:
     def nu(self) -> int:
         return self.model.nu
 
+    @property
+    def hinge_names(self) -> list[str]:
+        """The joints after the root, in qpos order (`joint_names`; RatBody's name for them)."""
+        return self.joint_names
+
+    @property
+    def timestep(self) -> float:
+        """The physics timestep (s)."""
+        return float(self.model.opt.timestep)
+
+    @property
+    def scale(self) -> float:
+        """The length scale the model was built with (`build.scale`, 1 when absent)."""
+        return float(self.spec.build.get('scale', 1.0))
+
+    @property
+    def command_interface(self) -> str:
+        return self.spec.command_interface
+
+    @property
+    def target(self) -> np.ndarray | None:
+        """The joint targets the PD law tracks (actuator order), or None."""
+        return None if self._target is None else self._target.copy()
+
     def foot_radius(self, foot: Foot) -> float:
         """The foot's contact radius: from the file, else the largest sphere/capsule there."""
         if foot.radius is not None:
@@ -760,29 +791,57 @@ class Robot:
         self.data.ctrl[:] = 0.0
         mujoco.mj_forward(self.model, self.data)
 
-    def set_command(self, command: npt.ArrayLike | None) -> None:
+    def set_command(self, command: npt.ArrayLike | None) -> int:
         """Sets the command in actuator order: torques (N m) or joint targets (rad, m).
 
         None means no command: zero torque on every actuator (both interfaces).
+
+        Returns:
+            How many torques were clamped to their limit (always 0 for targets: the PD law
+            clamps later, see `step`).
         """
         if command is None:
             self._target = None
             self.data.ctrl[:] = 0.0
-            return
+            return 0
         command = np.asarray(command, dtype=np.float64)
         if command.shape != (self.nu,) or not np.all(np.isfinite(command)):
             raise ValueError(f'command should be {self.nu} finite values: got shape '
                              f'{command.shape}')
         if self.spec.command_interface == 'position':
             self._target = command.copy()
-        else:
-            self.data.ctrl[:] = np.clip(command / self.actuator_gain, -1.0, 1.0)
+            return 0
+        ctrl = command / self.actuator_gain
+        self.data.ctrl[:] = np.clip(ctrl, -1.0, 1.0)
+        return int(np.count_nonzero(np.abs(ctrl) > 1.0))
 
-    def _apply_pd(self) -> None:
+    def _apply_pd(self) -> np.ndarray:
+        """Sets ctrl from the PD law; returns which actuators hit their torque limit."""
         q = self.data.qpos[self._act_qpos]
         qd = self.data.qvel[self._act_dof]
         torque = self.kp * (self._target - q) - self.kd * qd
-        self.data.ctrl[:] = np.clip(torque / self.actuator_gain, -1.0, 1.0)
+        ctrl = torque / self.actuator_gain
+        self.data.ctrl[:] = np.clip(ctrl, -1.0, 1.0)
+        return np.abs(ctrl) > 1.0
+
+    def step(self, n_steps: int = 1) -> int:
+        """Advances `n_steps` physics steps with the current command.
+
+        Torques (or no command) stay in ctrl for all of them, in one MuJoCo call; position
+        targets get the PD law before each step.
+
+        Returns:
+            How many actuators the PD law clamped to their torque limit in at least one of
+            the steps (0 without position targets).
+        """
+        if self._target is None:
+            mujoco.mj_step(self.model, self.data, nstep=int(n_steps))
+            return 0
+        clamped = np.zeros(self.nu, dtype=bool)
+        for _ in range(int(n_steps)):
+            clamped |= self._apply_pd()
+            mujoco.mj_step(self.model, self.data)
+        return int(np.count_nonzero(clamped))
 
     def step_control(self, command: npt.ArrayLike | None = None, keep: bool = False) -> None:
         """Runs one control period; a 'position' command gets PD at every physics step.

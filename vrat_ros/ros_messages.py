@@ -51,3 +51,23 @@ def quat_msg_to_wxyz(msg: Quaternion) -> np.ndarray:
 def vector_to_array(msg) -> np.ndarray:
     """geometry_msgs Vector3 or Point to a (3,) array."""
     return np.array([msg.x, msg.y, msg.z], dtype=np.float64)
+
+
+# Command topics per command interface: named commands (sensor_msgs/JointState, the value in
+# the field of the interface's name) and ros2_control's forward-controller form
+# (std_msgs/Float64MultiArray, in a fixed actuator order).
+NAMED_COMMAND_TOPICS = {'effort': 'policy/effort', 'position': 'policy/position'}
+ARRAY_COMMAND_TOPICS = {'effort': 'effort_controller/commands',
+                        'position': 'position_controller/commands'}
+
+
+def command_topics(interface: str) -> tuple[str, str]:
+    """Returns (named topic, array topic) of a command interface ('effort' or 'position').
+
+    Raises:
+        ValueError: an unknown interface.
+    """
+    if interface not in NAMED_COMMAND_TOPICS:
+        raise ValueError(f"command interface should be one of {list(NAMED_COMMAND_TOPICS)}: "
+                         f"got '{interface}'")
+    return NAMED_COMMAND_TOPICS[interface], ARRAY_COMMAND_TOPICS[interface]

@@ -1,4 +1,15 @@
-"""The `rat_sim` node: MuJoCo physics of the rat, driven by torque commands over ROS.
+"""The `rat_sim` node: MuJoCo physics of a robot (the rat by default), driven over ROS.
+
+The body is a robot file (`robot`: a name in config/robots, or a YAML path; see
+vrat_ros/robots.py), which sets the model, the joint and root names, the physics and
+control rates and the command interface:
+  effort    torques (N m) on policy/effort (sensor_msgs/JointState, `effort`) or
+            effort_controller/commands (std_msgs/Float64MultiArray)
+  position  joint targets on policy/position (sensor_msgs/JointState, `position`) or
+            position_controller/commands (std_msgs/Float64MultiArray); the sim closes the
+            robot file's PD loop on them before every physics step
+joint_states names the robot's joints (every joint but the root), odom's child frame is its
+root body. Without a clip the robot starts in its standing pose (robots.Robot.stand_qpos).
 
 Modes:
   lockstep  the sim advances exactly one control period per accepted command, so a run is
@@ -39,18 +50,19 @@ from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
-from vrat_ros import rat_constants as rc
 from vrat_ros.clip import Clip
 from vrat_ros.node_main import spin_node
 from vrat_ros.kinematics import quat_to_mat
-from vrat_ros.rat_model import RatBody
+from vrat_ros.robots import load_robot
+from vrat_ros.robots import Robot
+from vrat_ros.ros_messages import command_topics
 from vrat_ros.ros_messages import ns_to_time
 from vrat_ros.ros_messages import seconds_to_ns
 from vrat_ros.ros_messages import stamp_to_ns
 
 MODES = ('lockstep', 'realtime')
-EFFORT_TOPIC = 'policy/effort'
-ARRAY_TOPIC = 'effort_controller/commands'
+EFFORT_TOPIC, ARRAY_TOPIC = command_topics('effort')
+POSITION_TOPIC, POSITION_ARRAY_TOPIC = command_topics('position')
 # MuJoCo resets the state by itself after these warnings; we stop instead (see `_diverged`).
 # Each one's `lastinfo` is the index of the offending value: a qpos address or a DOF.
 _RESET_WARNINGS = {
@@ -76,11 +88,18 @@ class RatSimNode(Node):
         self.declare_parameter('mode', 'lockstep', ParameterDescriptor(
             description="'lockstep': one control period per command; 'realtime': wall timer",
             read_only=True))
-        self.declare_parameter('control_rate_hz', rc.CONTROL_RATE_HZ, ParameterDescriptor(
-            description='Control rate (Hz); the physics timestep must divide its period',
-            floating_point_range=[rate_range], read_only=True))
-        self.declare_parameter('body_scale', rc.DEFAULT_BODY_SCALE, ParameterDescriptor(
-            description='Length scale of the rat body', read_only=True))
+        self.declare_parameter('robot', 'rat', ParameterDescriptor(
+            description='The body: a robot name in config/robots (rat, quadruped, ...) or the '
+                        'path of a robot YAML file', read_only=True))
+        # Typed without a default: unset (None) takes the robot file's value.
+        rate_hz = self.declare_parameter(
+            'control_rate_hz', Parameter.Type.DOUBLE, ParameterDescriptor(
+                description="Control rate (Hz; default: the robot file's); the physics "
+                            'timestep must divide its period',
+                floating_point_range=[rate_range], read_only=True)).value
+        scale = self.declare_parameter('body_scale', Parameter.Type.DOUBLE, ParameterDescriptor(
+            description="Length scale of the body's MJCF (default: the robot file's "
+                        'build.scale; 0.9 for the rat)', read_only=True)).value
         self.declare_parameter('clip_file', '', ParameterDescriptor(
             description='Optional clip (.npz) whose state at start_time_s is the initial state',
             read_only=True))
@@ -107,8 +126,7 @@ class RatSimNode(Node):
             read_only=True))
 
         self.mode = self.get_parameter('mode').value
-        rate_hz = float(self.get_parameter('control_rate_hz').value)
-        scale = float(self.get_parameter('body_scale').value)
+        robot = self.get_parameter('robot').value
         clip_file = self.get_parameter('clip_file').value
         start_time_s = float(self.get_parameter('start_time_s').value)
         self.publish_clock = bool(self.get_parameter('publish_clock').value)
@@ -122,7 +140,13 @@ class RatSimNode(Node):
             raise ValueError(f"mode should be one of {MODES}: got '{self.mode}'")
         if not republish_s > 0.0:
             raise ValueError(f'republish_period_s should be > 0: got {republish_s}')
-        self.body = RatBody(scale=scale)
+        model, self.robot_spec = load_robot(robot, scale=scale)
+        self.body = Robot(model=model, spec=self.robot_spec)
+        scale = self.body.scale
+        rate_hz = self.robot_spec.control_rate_hz if rate_hz is None else float(rate_hz)
+        self.command_interface = self.robot_spec.command_interface
+        self.command_topic, self.array_topic = command_topics(self.command_interface)
+        self._command_field = self.command_interface  # the JointState field it reads
         self.n_substeps = int(round(1.0 / (rate_hz * self.body.timestep)))
         if self.n_substeps < 1 or abs(self.n_substeps * self.body.timestep * rate_hz - 1) > 1e-6:
             raise ValueError(
@@ -135,8 +159,10 @@ class RatSimNode(Node):
             [self._actuator_index[n] for n in self.command_joint_names])
         self._reset_state(clip_file, start_time_s, scale)
 
-        # Run state and counters (read by tests and by the in-process loop).
-        self.torque = np.zeros(self.body.nu)
+        # Run state and counters (read by tests and by the in-process loop). The command is
+        # torques (effort) or joint targets (position); None (position only) is no command:
+        # zero torque, as zero torques are for effort.
+        self.command = self._no_command()
         self.physics_steps = 0
         self.control_steps = 0
         self.n_saturated = 0
@@ -163,8 +189,8 @@ class RatSimNode(Node):
         # lets a reliable recorder keep them all while the executor is busy with the step.
         self.clock_pub = (self.create_publisher(ClockMsg, '/clock', QoSProfile(depth=100))
                           if self.publish_clock else None)
-        self.create_subscription(JointState, EFFORT_TOPIC, self._on_effort, qos)
-        self.create_subscription(Float64MultiArray, ARRAY_TOPIC, self._on_array, qos)
+        self.create_subscription(JointState, self.command_topic, self._on_effort, qos)
+        self.create_subscription(Float64MultiArray, self.array_topic, self._on_array, qos)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         if self.mode == 'lockstep':
             self._republish_period = republish_s
@@ -175,10 +201,12 @@ class RatSimNode(Node):
         self.publish_now()
 
         self.get_logger().info(
-            f'{self.mode} sim at {rate_hz:g} Hz ({self.n_substeps} x {self.body.timestep} s '
-            f'physics steps), body scale {scale}, {self.body.nu} actuators, '
-            f'{len(self.body.hinge_names)} joints, initial state from '
-            f"{clip_file + f' at {start_time_s} s' if clip_file else 'the default pose'}, "
+            f"{self.mode} sim of robot '{self.robot_spec.name}' at {rate_hz:g} Hz "
+            f'({self.n_substeps} x {self.body.timestep} s physics steps), body scale {scale}, '
+            f'{self.body.nu} actuators taking {self.command_interface} commands on '
+            f'{self.command_topic} or {self.array_topic}, {len(self.body.hinge_names)} '
+            'joints, initial state from '
+            f"{clip_file + f' at {start_time_s} s' if clip_file else 'the standing pose'}, "
             f'/clock {self._clock_text()}')
         if self.mode == 'lockstep' and not self.publish_clock:
             self.get_logger().warning(
@@ -197,7 +225,7 @@ class RatSimNode(Node):
         js.name = list(self.body.hinge_names)
         odom = Odometry()
         odom.header.frame_id = 'world'
-        odom.child_frame_id = rc.ROOT_BODY
+        odom.child_frame_id = self.robot_spec.root_body
         return js, odom
 
     def _check_command_names(self, names) -> list[str]:
@@ -213,11 +241,29 @@ class RatSimNode(Node):
                 f'actuators are {self.body.actuator_names}')
         return names
 
+    def _no_command(self):
+        return np.zeros(self.body.nu) if self.command_interface == 'effort' else None
+
+    @property
+    def torque(self):
+        """The current command (the name is older than the position interface)."""
+        return self.command
+
+    @torque.setter
+    def torque(self, value) -> None:
+        self.command = value
+
     def _reset_state(self, clip_file: str, start_time_s: float, scale: float) -> None:
         if not clip_file:
-            self.body.reset(time=0.0)
+            self.body.reset()
             return
-        clip = Clip.load(clip_file).reorder_to(self.body.hinge_names)
+        clip = Clip.load(clip_file)
+        made_for = clip.meta.get('robot') if isinstance(clip.meta, dict) else None
+        if made_for is not None and made_for != self.robot_spec.name:
+            self.get_logger().warning(
+                f"clip '{clip_file}' was made for robot '{made_for}', the sim runs "
+                f"'{self.robot_spec.name}'")
+        clip = clip.reorder_to(self.body.hinge_names)
         if not 0.0 <= start_time_s <= clip.duration_s:
             raise ValueError(
                 f'start_time_s should be in [0, {clip.duration_s:.3f}] s for '
@@ -225,7 +271,7 @@ class RatSimNode(Node):
         if abs(clip.body_scale - scale) > 1e-6:
             self.get_logger().warning(
                 f'clip was fitted for body scale {clip.body_scale}, the sim uses {scale}')
-        self.body.reset(clip.sample(start_time_s), clip.velocity(start_time_s), time=0.0)
+        self.body.reset(clip.sample(start_time_s), clip.velocity(start_time_s))
 
     def _reset_warning_counts(self) -> list[int]:
         return [int(self.body.data.warning[w].number) for w in _RESET_WARNINGS]
@@ -261,48 +307,59 @@ class RatSimNode(Node):
             f'command rejected, keeping the last valid one: {problem}', throttle_duration_sec=1.0)
 
     def torque_from_joint_state(self, msg: JointState) -> np.ndarray | None:
-        """Return torques in body actuator order from a named command, or None (logged)."""
+        """Return the command in body actuator order from a named command, or None (logged).
+
+        Torques come from `effort`, joint targets from `position`, by the command interface.
+        """
+        topic, field = self.command_topic, self._command_field
         names = list(msg.name)
-        if len(msg.effort) != len(names):
-            self._reject(f'{EFFORT_TOPIC} has {len(msg.effort)} efforts for {len(names)} names')
+        values = getattr(msg, field)
+        if len(values) != len(names):
+            self._reject(f'{topic} has {len(values)} {field}s for {len(names)} names')
             return None
         if len(set(names)) != len(names):
-            self._reject(f'{EFFORT_TOPIC} repeats actuator names')
+            self._reject(f'{topic} repeats actuator names')
             return None
         unknown = [n for n in names if n not in self._actuator_index]
         if unknown:
-            self._reject(f'{EFFORT_TOPIC} has unknown actuators {_names_preview(unknown)}; '
+            self._reject(f'{topic} has unknown actuators {_names_preview(unknown)}; '
                          f'known: {_names_preview(self.body.actuator_names, 3)}')
             return None
         if len(names) != self.body.nu:
             missing = [n for n in self.body.actuator_names if n not in set(names)]
-            self._reject(f'{EFFORT_TOPIC} lacks actuators {_names_preview(missing)}')
+            self._reject(f'{topic} lacks actuators {_names_preview(missing)}')
             return None
-        effort = np.asarray(msg.effort, dtype=np.float64)
-        bad = ~np.isfinite(effort)
+        values = np.asarray(values, dtype=np.float64)
+        bad = ~np.isfinite(values)
         if bad.any():
-            self._reject(f'{EFFORT_TOPIC} has non-finite torques for '
+            what = 'torques' if field == 'effort' else 'positions'
+            self._reject(f'{topic} has non-finite {what} for '
                          f'{_names_preview([n for n, b in zip(names, bad) if b])}')
             return None
-        torque = np.empty(self.body.nu)
-        torque[[self._actuator_index[n] for n in names]] = effort
-        return torque
+        command = np.empty(self.body.nu)
+        command[[self._actuator_index[n] for n in names]] = values
+        return command
+
+    command_from_joint_state = torque_from_joint_state
 
     def torque_from_array(self, msg: Float64MultiArray) -> np.ndarray | None:
-        """Return torques in body actuator order from a Float64MultiArray, or None (logged)."""
+        """Return the command in body actuator order from a Float64MultiArray, or None."""
+        topic = self.array_topic
         data = np.asarray(msg.data, dtype=np.float64)
         if data.shape != (len(self.command_joint_names),):
-            self._reject(f'{ARRAY_TOPIC} has {data.size} values; expected '
+            self._reject(f'{topic} has {data.size} values; expected '
                          f'{len(self.command_joint_names)} (command_joint_names order)')
             return None
         bad = ~np.isfinite(data)
         if bad.any():
-            self._reject(f'{ARRAY_TOPIC} has non-finite values at indices '
+            self._reject(f'{topic} has non-finite values at indices '
                          f'{_names_preview(np.flatnonzero(bad).tolist())}')
             return None
-        torque = np.empty(self.body.nu)
-        torque[self._array_order] = data
-        return torque
+        command = np.empty(self.body.nu)
+        command[self._array_order] = data
+        return command
+
+    command_from_array = torque_from_array
 
     def _lockstep_accepts(self, source: str) -> bool:
         # Two command forms for the same step would step twice: the first form seen drives.
@@ -338,15 +395,15 @@ class RatSimNode(Node):
         if self.mode == 'realtime':
             self._accept_realtime(torque)
             return
-        if not self._lockstep_accepts(EFFORT_TOPIC):
+        if not self._lockstep_accepts(self.command_topic):
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
         if stamp_ns < self.time_ns:
             self.stale_commands += 1  # a re-sent answer to a state we already stepped past
             return
         if stamp_ns > self.time_ns:
-            self._reject(f'{EFFORT_TOPIC} stamped {stamp_ns * 1e-9:.6f} s is ahead of sim '
-                         f'time {self.time_ns * 1e-9:.6f} s')
+            self._reject(f'{self.command_topic} stamped {stamp_ns * 1e-9:.6f} s is ahead of '
+                         f'sim time {self.time_ns * 1e-9:.6f} s')
             return
         self.torque = torque
         self.control_step()
@@ -360,7 +417,7 @@ class RatSimNode(Node):
         if self.mode == 'realtime':
             self._accept_realtime(torque)
             return
-        if self._lockstep_accepts(ARRAY_TOPIC):
+        if self._lockstep_accepts(self.array_topic):
             self.torque = torque
             self.control_step()
 
@@ -374,18 +431,14 @@ class RatSimNode(Node):
     # Stepping.
 
     def control_step(self) -> bool:
-        """Apply `self.torque` (clamped) for one control period; False if the sim halted."""
+        """Apply `self.command` for one control period; False if the sim halted.
+
+        Torques are clamped to the force limits; joint targets go through the robot's PD law
+        before every physics step, its torques clamped the same way.
+        """
         if self.halted:
             return False
-        saturated = self.body.set_ctrl_from_torque(self.torque)
-        if saturated:
-            self.n_saturated += saturated
-            # Throttled by hand: rclpy's throttle inspects the caller's source on every call.
-            now = time.monotonic()
-            if now >= self._next_saturation_log:
-                self._next_saturation_log = now + 5.0
-                self.get_logger().warning(
-                    f'{saturated} of {self.body.nu} torques clamped to the force limits')
+        self._count_saturated(self.body.set_command(self.command))
         if self.clock_every_physics_step and self.clock_pub is not None:
             chunks = [1] * self.n_substeps
         else:
@@ -393,7 +446,7 @@ class RatSimNode(Node):
             # reset inside it, and nothing of the state inside it is published.
             chunks = [self.n_substeps]
         for n in chunks:
-            self.body.step(n)
+            self._count_saturated(self.body.step(n))
             self.physics_steps += n
             problem = self._diverged()
             if problem:
@@ -409,6 +462,17 @@ class RatSimNode(Node):
         self.control_steps += 1
         self._publish_state()
         return True
+
+    def _count_saturated(self, saturated: int) -> None:
+        if not saturated:
+            return
+        self.n_saturated += saturated
+        # Throttled by hand: rclpy's throttle inspects the caller's source on every call.
+        now = time.monotonic()
+        if now >= self._next_saturation_log:
+            self._next_saturation_log = now + 5.0
+            self.get_logger().warning(
+                f'{saturated} of {self.body.nu} torques clamped to the force limits')
 
     def _diverged(self) -> str:
         counts = self._reset_warning_counts()
@@ -435,7 +499,7 @@ class RatSimNode(Node):
         if self.torque_timed_out and not self._in_timeout:
             self._in_timeout = True
             self.command_timeouts += 1
-            self.torque = np.zeros(self.body.nu)
+            self.command = self._no_command()
             self.get_logger().warning(
                 f'no valid command for {self.command_timeout_s:g} s: zero torque until '
                 f'commands resume (timeout {self.command_timeouts})')

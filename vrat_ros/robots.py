@@ -25,7 +25,9 @@ A robot file (config/robots/NAME.yaml, or any YAML file given by path) says:
   stand              optional {joint: angle}: the standing pose (default: the model's qpos0)
   feet               {NAME: {site: S} or {body: B}, optional radius (m)}
   retarget           {trunk: {front: KP, back: KP}, limbs: {LIMB: {base: KP, end: KP,
-                     foot: FOOT, hip_body: optional body}}}: which rat keypoints drive what
+                     foot: FOOT, hip_body: optional body}}, stand: optional {joint: angle}}:
+                     which rat keypoints drive what, and the pose retargeted clips stand and
+                     step in (default: `stand`)
   marker_set         optional: a marker set (name or YAML path) whose bodies must exist
 
 `load_robot(name_or_path)` checks the file, builds the model and checks every name in it
@@ -174,6 +176,7 @@ class RobotSpec:
     limbs: list[Limb]
     marker_set: str | None
     description: str = ''
+    retarget_stand: dict | None = None  # None: retargeting uses `stand`
 
     @property
     def n_substeps(self) -> int:
@@ -268,6 +271,17 @@ def _z_range(value, path: str, field: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _angles(value, path: str, field: str) -> dict[str, float]:
+    """A {joint: angle} mapping (a pose), its angles checked to be numbers."""
+    out = {}
+    for joint, angle in _mapping(value, path, field).items():
+        try:
+            out[str(joint)] = float(angle)
+        except (TypeError, ValueError):
+            raise _fail(path, f'{field}.{joint}', f'should be a number, got {angle!r}') from None
+    return out
+
+
 def parse_robot_spec(data: dict, path: str) -> RobotSpec:
     """Checks the shape of a parsed robot file and returns its RobotSpec.
 
@@ -360,12 +374,7 @@ def parse_robot_spec(data: dict, path: str) -> RobotSpec:
     joint_err = _positive(tracking.get('joint_sq_err_rad2', 20.0), path,
                           'tracking.joint_sq_err_rad2')
 
-    stand = _mapping(data.get('stand'), path, 'stand')
-    for joint, angle in stand.items():
-        try:
-            float(angle)
-        except (TypeError, ValueError):
-            raise _fail(path, f'stand.{joint}', f'should be a number, got {angle!r}') from None
+    stand = _angles(data.get('stand'), path, 'stand')
 
     feet = []
     for name, entry in _mapping(data.get('feet'), path, 'feet').items():
@@ -382,6 +391,8 @@ def parse_robot_spec(data: dict, path: str) -> RobotSpec:
 
     retarget = _mapping(data.get('retarget'), path, 'retarget')
     trunk = _mapping(retarget.get('trunk'), path, 'retarget.trunk')
+    retarget_stand = (None if retarget.get('stand') is None
+                      else _angles(retarget['stand'], path, 'retarget.stand'))
     limbs = []
     if retarget:
         if set(trunk) != {'front', 'back'}:
@@ -413,9 +424,9 @@ def parse_robot_spec(data: dict, path: str) -> RobotSpec:
         command_interface=interface, kp=kp, kd=kd, physics_timestep_s=dt,
         control_rate_hz=rate, torso_body=torso['body'], healthy_z_range=z_range,
         track_root_dist_m=root_dist, track_joint_sq_err_rad2=joint_err,
-        stand={str(k): float(v) for k, v in stand.items()}, feet=feet, trunk=dict(trunk),
-        limbs=limbs, marker_set=data.get('marker_set'),
-        description=str(data.get('description', '')))
+        stand=stand, feet=feet, trunk=dict(trunk), limbs=limbs,
+        marker_set=data.get('marker_set'), description=str(data.get('description', '')),
+        retarget_stand=retarget_stand)
 
 
 def load_robot_spec(name_or_path: str | os.PathLike) -> RobotSpec:
@@ -626,6 +637,8 @@ def _check_names(robot: RobotSpec, model: mujoco.MjModel) -> None:
             _per_joint(robot.kd, joint, path, 'pd.kd')
     for joint in robot.stand:
         need(joint, joints, f'stand.{joint}', 'joint')
+    for joint in robot.retarget_stand or {}:
+        need(joint, joints, f'retarget.stand.{joint}', 'joint')
     need(robot.torso_body, bodies, 'torso.body', 'body')
     for foot in robot.feet:
         if foot.site is not None:
@@ -759,13 +772,17 @@ class Robot:
         return (d.site(foot.site).xpos if foot.site is not None
                 else d.body(foot.body).xpos).copy()
 
-    def stand_qpos(self) -> np.ndarray:
-        """The standing pose: `stand` angles (else qpos0), level, lowest foot on the floor."""
+    def stand_qpos(self, pose: dict | None = None) -> np.ndarray:
+        """The standing pose: `stand` angles (else qpos0), level, lowest foot on the floor.
+
+        Args:
+            pose: {joint: angle} to use instead of the file's `stand` (e.g. `retarget_stand`).
+        """
         m, d = self.model, mujoco.MjData(self.model)
         qpos = m.qpos0.copy()
         qpos[0:3] = 0.0
         qpos[3:7] = [1.0, 0.0, 0.0, 0.0]
-        for joint, angle in self.spec.stand.items():
+        for joint, angle in (self.spec.stand if pose is None else pose).items():
             qpos[m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, joint)]] = angle
         d.qpos[:] = qpos
         mujoco.mj_kinematics(m, d)
@@ -776,6 +793,10 @@ class Robot:
             lowest = float(np.min(d.geom_xpos[:, 2] - m.geom_rbound))
         qpos[2] = -lowest
         return qpos
+
+    def retarget_stand_qpos(self) -> np.ndarray:
+        """The pose retargeted clips stand and step in: `retarget.stand`, else `stand`."""
+        return self.stand_qpos(self.spec.retarget_stand)
 
     def reset(self, qpos: npt.ArrayLike | None = None, qvel: npt.ArrayLike | None = None
               ) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -156,7 +157,7 @@ def test_table_is_printed(tmp_path, synthetic_clip_path, capsys):
 
 @pytest.mark.parametrize('argv, message', [
     (['--clips', 'no_such_clip', '--controller', 'zero'],
-     "clip file 'no_such_clip' does not exist"),
+     "clip file 'no_such_clip' does not exist (see `vrat clips`)"),
     (['--policy', 'missing.onnx'], "policy file 'missing.onnx' does not exist"),
     (['--starts', '0', '--controller', 'zero'], '--starts should be at least 1'),
     (['--report', '.', '--controller', 'zero'], "output '.' is a folder"),
@@ -170,3 +171,92 @@ def test_bad_input_gives_one_line_and_writes_nothing(argv, message, tmp_path, mo
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def _no_episodes(*args, **kwargs):
+    raise AssertionError('episodes ran although the arguments should have been refused')
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--report', 'out.png'], "--report 'out.png' ends in .png"),
+    (['--report', 'm.md'], "--report 'm.md' ends in .md"),
+    (['--report', 'r.json', '--plot', 'r.json'], "--plot 'r.json' should end in .png"),
+    (['--report', 't.json', '--plot', 't.md'], "--plot 't.md' should end in .png"),
+    (['--plot', 'p.jpg'], "--plot 'p.jpg' should end in .png"),
+], ids=['report-png', 'report-md', 'plot-is-report', 'plot-is-table', 'plot-jpg'])
+def test_outputs_that_would_overwrite_each_other_are_refused_before_any_episode(
+        argv, message, tmp_path, monkeypatch, capsys):
+    from vrat_ros import evaluate
+    monkeypatch.setattr(evaluate, 'run_eval', _no_episodes)
+    monkeypatch.chdir(tmp_path)
+    assert main(['eval', '--no-progress', '--controller', 'zero'] + argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plot_linked_to_the_report_is_refused(tmp_path, monkeypatch, capsys):
+    from vrat_ros import evaluate
+    monkeypatch.setattr(evaluate, 'run_eval', _no_episodes)
+    (tmp_path / 'r.json').write_text('{}')
+    (tmp_path / 'link.png').symlink_to(tmp_path / 'r.json')
+    assert main(['eval', '--report', str(tmp_path / 'r.json'),
+                 '--plot', str(tmp_path / 'link.png')]) == 1
+    err = capsys.readouterr().err.strip()
+    assert 'are the same file' in err and len(err.splitlines()) == 1
+    assert (tmp_path / 'r.json').read_text() == '{}'
+
+
+def test_output_paths_replace_the_report_suffix():
+    from vrat_ros.evaluate import output_paths
+    assert output_paths('a/r.v1.json', None) == ('a/r.v1.json', 'a/r.v1.md', 'a/r.v1.png')
+    assert output_paths('r', 'p.PNG') == ('r', 'r.md', 'p.PNG')
+    assert output_paths(None, None) == (None, None, None)
+
+
+def test_without_matplotlib_a_report_is_refused_before_any_episode(tmp_path, monkeypatch,
+                                                                   capsys):
+    from vrat_ros import evaluate
+    monkeypatch.setattr(evaluate, 'run_eval', _no_episodes)
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # what `import` does where absent
+    assert main(['eval', '--report', str(tmp_path / 'x.json'), '--controller', 'zero']) == 1
+    err = capsys.readouterr().err.strip()
+    assert "pip install -e '.[viz]'" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_matplotlib_the_table_alone_still_works(tmp_path, monkeypatch, capsys,
+                                                        synthetic_clip_path):
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)
+    assert main(['eval', '--clips', synthetic_clip_path, '--controller', 'zero',
+                 '--starts', '1', '--workers', '1', '--no-progress']) == 0
+    assert '| **overall** | zero |' in capsys.readouterr().out
+
+
+def test_report_and_table_are_written_even_when_the_plot_fails(tmp_path, monkeypatch,
+                                                               capsys, synthetic_clip_path):
+    from vrat_ros import evaluate
+
+    def broken_plot(series, out, controllers):
+        raise OSError(f"[Errno 28] No space left on device: '{out}'")
+    monkeypatch.setattr(evaluate, 'plot_error_over_time', broken_plot)
+    path = tmp_path / 'x.json'
+    assert main(['eval', '--clips', synthetic_clip_path, '--controller', 'zero',
+                 '--starts', '1', '--workers', '1', '--no-progress',
+                 '--report', str(path)]) == 1
+    assert 'No space left' in capsys.readouterr().err
+    report = json.loads(path.read_text())
+    assert report['overall']['zero']['episodes'] == 1 and 'plot' not in report
+    assert (tmp_path / 'x.md').read_text().startswith('| clip | controller |')
+    assert not (tmp_path / 'x.png').exists()
+
+
+def test_report_names_the_workers_that_ran_not_the_number_asked(tmp_path, capsys,
+                                                                synthetic_clip_path):
+    path = tmp_path / 'w.json'
+    assert main(['eval', '--clips', synthetic_clip_path, '--controller', 'zero',
+                 '--starts', '2', '--workers', '100000', '--no-progress',
+                 '--report', str(path)]) == 0
+    assert json.loads(path.read_text())['run']['workers'] == 2  # one per episode
+    out = capsys.readouterr().out
+    assert 'on 2 worker(s)' in out and '100000' not in out

@@ -316,3 +316,46 @@ def test_vrat_eval_gives_the_same_numbers_with_and_without_ray(ray_cluster, tmp_
     assert len(a['episodes']) == 6 and a['overall']['pd']['tracked_fraction'] > 0.0
     for key in ('overall', 'per_clip', 'episodes'):
         assert a[key] == b[key]
+
+
+def test_workers_used_counts_the_workers_that_run(monkeypatch):
+    from vrat_ros import workers
+    assert workers.workers_used(100000, 6) == 6
+    assert workers.workers_used(4, 1) == 1 and workers.workers_used(1, 50) == 1
+    assert workers.workers_used(3, 50) == 3
+    monkeypatch.setattr(workers, 'ray_cluster_cpus', lambda address: 2)
+    assert workers.workers_used(5, 10, 'local') == 2
+    assert workers.workers_used(None, 10, 'local') == 2
+    assert workers.workers_used(5, 1, 'local') == 1
+
+
+def test_bench_workers_reports_the_workers_that_ran(tmp_path, capsys):
+    path = tmp_path / 'scaling.json'
+    assert cli.main(['bench-workers', '--workers', '1', '100000', '--episodes', '2',
+                     '--steps', '3', '--report', str(path)]) == 0
+    runs = json.loads(path.read_text())['runs']
+    assert [r['workers_asked'] for r in runs] == [1, 100000]
+    assert runs[0]['workers'] == 1 and 1 <= runs[1]['workers'] <= 2  # at most one per task
+    out = capsys.readouterr().out
+    assert '(100000 asked)' in out
+
+
+def test_bench_workers_negative_seed_names_the_option(tmp_path, capsys):
+    assert cli.main(['bench-workers', '--seed', '-1', '--episodes', '2', '--steps', '3',
+                     '--report', str(tmp_path / 's.json')]) == 1
+    err = capsys.readouterr().err.strip()
+    assert '--seed should be a non-negative integer: got -1' in err
+    assert len(err.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+@needs_ray
+def test_a_local_ray_claims_no_more_cpus_than_the_usable_cores():
+    code = ('from vrat_ros.workers import default_workers, ray_connect; '
+            'ray = ray_connect("local", num_cpus=default_workers() + 3); '
+            'print(int(ray.cluster_resources()["CPU"]), default_workers())')
+    env = dict(os.environ, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S='0')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cpus, cores = map(int, proc.stdout.split()[-2:])
+    assert cpus == cores

@@ -256,6 +256,7 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
     from vrat_ros.clip import Clip
     from vrat_ros.clip import file_sha256
     from vrat_ros.workers import map_ordered
+    from vrat_ros.workers import workers_used
 
     if int(starts) < 1:
         raise EvalError(f'--starts should be at least 1: got {starts}')
@@ -278,6 +279,8 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
     clip_entries, tasks = [], []
     for name in clips:
         path = resources.resolve_clip_path(name)
+        if not os.path.exists(path):
+            raise EvalError(f"clip file '{name}' does not exist (see `vrat clips`)")
         clip = Clip.load(path)
         key = _clip_key(name)
         if key in {c['name'] for c in clip_entries}:
@@ -312,6 +315,7 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - start
+    used = workers_used(int(workers), len(tasks), ray_address)
 
     clip_names = [c['name'] for c in clip_entries]
     task_clip = {c['path']: c['name'] for c in clip_entries}
@@ -356,7 +360,7 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
                 'action_change_rms': 'RMS of the per-step change of the normalised action '
                                      'clip(torque / max force, -1, 1)'},
         },
-        'run': {'workers': int(workers), 'episodes': len(tasks), 'wall_s': round(wall, 2)},
+        'run': {'workers': used, 'episodes': len(tasks), 'wall_s': round(wall, 2)},
         'series': series,
     }
 
@@ -431,9 +435,51 @@ def plot_error_over_time(series: dict, out: str, controllers: list[str]) -> str:
     return out
 
 
-def _markdown_path(report_path: str) -> str:
-    base, ext = os.path.splitext(report_path)
-    return report_path + '.md' if ext == '.md' else base + '.md'
+VIZ_INSTALL = "pip install -e '.[viz]'"
+
+
+def output_paths(report: str | None, plot: str | None) -> tuple:
+    """Returns the (report, table, plot) paths of `vrat eval` (None where nothing is written).
+
+    The table (.md) and, unless `plot` is given, the plot (.png) go beside the report, its
+    suffix replaced. Paths are refused before any work when they would overwrite each other.
+
+    Raises:
+        EvalError: the report path ends in .md or .png, the plot path does not end in .png,
+            or two outputs are the same file.
+    """
+    if plot is not None and os.path.splitext(plot)[1].lower() != '.png':
+        raise EvalError(f"--plot '{plot}' should end in .png (the plot is a PNG image)")
+    md = None
+    if report is not None:
+        base, ext = os.path.splitext(report)
+        if ext.lower() in ('.md', '.png'):
+            raise EvalError(f"--report '{report}' ends in {ext}, the suffix of the table "
+                            '(.md) or plot (.png) written beside it; give e.g. a .json name')
+        md = base + '.md'
+        if plot is None:
+            plot = base + '.png'
+    named = [(flag, path) for flag, path in (('--report', report), ('table', md),
+                                             ('--plot', plot)) if path is not None]
+    seen: dict = {}
+    for flag, path in named:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise EvalError(f"{seen[real][0]} '{seen[real][1]}' and {flag} '{path}' are the "
+                            'same file; give different names')
+        seen[real] = (flag, path)
+    return report, md, plot
+
+
+def check_matplotlib() -> None:
+    """Raises EvalError unless matplotlib (the `viz` extra) imports, before any work."""
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
+    except ImportError as exc:
+        raise EvalError(f'the plot needs matplotlib ({exc}); install it with {VIZ_INSTALL}, '
+                        'or leave --report and --plot out') from None
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -445,12 +491,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from vrat_ros.workers import ray_cluster_cpus
     clips = args.clips or list(resources.HELD_OUT_CLIPS)
     policy_path = args.policy or resources.default_policy_path()
-    plot_path = args.plot
-    if plot_path is None and args.report:
-        plot_path = os.path.splitext(args.report)[0] + '.png'
-    md_path = _markdown_path(args.report) if args.report else None
-    for path in (args.report, md_path, plot_path):
+    report_path, md_path, plot_path = output_paths(args.report, args.plot)
+    for path in (report_path, md_path, plot_path):
         _check_output_path(path)
+    if plot_path is not None:
+        check_matplotlib()
     workers = args.workers
     if workers is None:
         workers = default_workers() if args.ray_address is None else \
@@ -461,17 +506,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     series = report.pop('series')
     markdown = format_markdown(report)
     print(markdown, end='')
-    if plot_path:
-        report['plot'] = os.path.abspath(
-            plot_error_over_time(series, plot_path, report['controllers']))
-    if args.report:
+    if report_path is not None:
+        # The table and the report first: a plot that fails loses nothing else.
         report['markdown'] = os.path.abspath(md_path)
 
         def write_md(tmp):
             with open(tmp, 'w') as f:
                 f.write(markdown)
         atomic_write(md_path, write_md)
-        _write_json_atomic(args.report, report)
+        _write_json_atomic(report_path, report)
+    if plot_path is not None:
+        report['plot'] = os.path.abspath(
+            plot_error_over_time(series, plot_path, report['controllers']))
+        if report_path is not None:
+            _write_json_atomic(report_path, report)  # now naming the plot
     return 0
 
 
@@ -500,7 +548,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                         'files at the same paths).')
     p.add_argument('--report', metavar='FILE',
                    help='Write the JSON report here, the table beside it (.md) and, unless '
-                        '--plot says otherwise, the plot beside it (.png).')
-    p.add_argument('--plot', metavar='FILE.png', help='Write the error-over-time plot here.')
+                        '--plot says otherwise, the plot beside it (.png), each with the '
+                        "report's suffix replaced; the plot needs matplotlib "
+                        f'({VIZ_INSTALL}).')
+    p.add_argument('--plot', metavar='FILE.png',
+                   help='Write the error-over-time plot (PNG) here; needs matplotlib.')
     p.add_argument('--no-progress', action='store_true', help='Hide the progress bar.')
     p.set_defaults(func=_cmd_eval)

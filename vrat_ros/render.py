@@ -344,6 +344,8 @@ def check_render_settings(fps: float, width: int, height: int) -> None:
 def _cmd_render(args: argparse.Namespace) -> int:
     import sys
     check_render_settings(args.fps, args.width, args.height)
+    from vrat_ros.cli import _check_output_path
+    _check_output_path(args.out, make_folders=True)  # render_video makes missing folders
     from vrat_ros import resources
     from vrat_ros.clip import Clip
     from vrat_ros.rat_model import RatBody

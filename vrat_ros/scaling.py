@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import time
@@ -36,7 +35,9 @@ def measure_scaling(worker_counts: list[int], episodes: int = DEFAULT_EPISODES,
     """Times one round of episode collection for each worker count.
 
     Args:
-        worker_counts: worker processes (or Ray actors) of each run, e.g. [1, 2].
+        worker_counts: worker processes (or Ray actors) of each run, e.g. [1, 2]; a run
+            uses at most one per task (and, on Ray, per CPU of the cluster), and its entry
+            reports the number used ('workers') beside the number asked ('workers_asked').
         episodes: episodes per run.
         steps: control steps per episode (fewer where the rat falls).
         ray_address: None for local processes, else a Ray address (see
@@ -48,18 +49,24 @@ def measure_scaling(worker_counts: list[int], episodes: int = DEFAULT_EPISODES,
         run (wall time, control steps, steps/s, digest of the episodes), each run's
         speed-up over the first, and whether all runs produced identical episodes.
     """
+    from vrat_ros.train import collection_job
     from vrat_ros.train import default_config
     from vrat_ros.train import generate_episodes
     from vrat_ros.workers import default_workers
     from vrat_ros.workers import ray_connect
+    from vrat_ros.workers import workers_used
 
     if not worker_counts or min(worker_counts) < 1:
-        raise ValueError(f'worker counts should be at least 1: got {worker_counts}')
+        raise ValueError(f'--workers should be at least 1: got {worker_counts}')
     if episodes < 1 or steps < 1:
-        raise ValueError(f'episodes and steps should be at least 1: got {episodes}, {steps}')
+        raise ValueError(f'--episodes and --steps should be at least 1: got {episodes}, '
+                         f'{steps}')
+    if int(seed) < 0:
+        raise ValueError(f'--seed should be a non-negative integer: got {seed}')
     config = default_config()
     config['seed'] = int(seed)
     config['data'].update({'n_episodes': int(episodes), 'episode_steps': int(steps)})
+    n_tasks = len(collection_job(config, 0)[1])
     report = {
         'what': 'round-0 episode collection (train.generate_episodes): MuJoCo + PD',
         'backend': 'processes' if ray_address is None else f'ray ({ray_address})',
@@ -70,7 +77,7 @@ def measure_scaling(worker_counts: list[int], episodes: int = DEFAULT_EPISODES,
     }
     if ray_address is not None:
         t0 = time.perf_counter()
-        ray = ray_connect(ray_address, num_cpus=max(worker_counts))
+        ray = ray_connect(ray_address, num_cpus=max(worker_counts))  # 'local': capped
         report['ray_connect_s'] = round(time.perf_counter() - t0, 2)
         report['ray_cluster_cpus'] = int(ray.cluster_resources().get('CPU', 0))
     for n in worker_counts:
@@ -79,7 +86,8 @@ def measure_scaling(worker_counts: list[int], episodes: int = DEFAULT_EPISODES,
         wall = time.perf_counter() - t0
         control_steps = int(sum(len(e['ctrl']) for e in result))
         report['runs'].append({
-            'workers': int(n), 'wall_s': round(wall, 3), 'control_steps': control_steps,
+            'workers': workers_used(int(n), n_tasks, ray_address), 'workers_asked': int(n),
+            'wall_s': round(wall, 3), 'control_steps': control_steps,
             'steps_per_s': round(control_steps / wall, 1),
             'physics_steps_per_s': round(10 * control_steps / wall, 1),
             'digest': episodes_digest(result)})
@@ -97,25 +105,25 @@ def format_report(report: dict) -> str:
              f"{report['episode_steps']} steps; {report['cores']} cores; load average "
              f"before {report['load_avg_before'][0]}"]
     for run in report['runs']:
+        asked = run.get('workers_asked', run['workers'])
+        note = f" ({asked} asked)" if asked != run['workers'] else ''
         lines.append(f"  {run['workers']:>3} worker(s): {run['steps_per_s']:>8.1f} env steps/s "
-                     f"({run['wall_s']:.2f} s)  x{run['speedup']:.2f}  data {run['digest']}")
+                     f"({run['wall_s']:.2f} s)  x{run['speedup']:.2f}  data {run['digest']}"
+                     f'{note}')
     lines.append('  identical episodes for every worker count: '
                  + ('yes' if report['identical_episodes'] else 'NO'))
     return '\n'.join(lines)
 
 
 def _cmd_bench_workers(args: argparse.Namespace) -> int:
-    if args.report:
-        folder = os.path.dirname(os.path.abspath(args.report))
-        if os.path.isdir(args.report) or not os.path.isdir(folder):
-            raise ValueError(f"cannot write the report to '{args.report}'")
+    from vrat_ros.cli import _check_output_path
+    from vrat_ros.cli import _write_json_atomic
+    _check_output_path(args.report)
     report = measure_scaling(args.workers, episodes=args.episodes, steps=args.steps,
                              ray_address=args.ray_address, seed=args.seed)
     print(format_report(report))
     if args.report:
-        with open(args.report, 'w') as f:
-            json.dump(report, f, indent=2)
-            f.write('\n')
+        _write_json_atomic(args.report, report)
     if not report['identical_episodes']:
         print('vrat bench-workers: the episodes differ between worker counts', file=sys.stderr)
         return 1

@@ -63,6 +63,28 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def workers_used(workers: int | None, n_tasks: int, ray_address: str | None = None) -> int:
+    """Returns how many workers `map_ordered` runs for these arguments (1: this process).
+
+    Local processes: min(workers, n_tasks), or 1 (this process) for one worker or one task.
+    Ray: min(workers, the cluster's CPUs, n_tasks) actors (this connects to the cluster).
+
+    Args:
+        workers: as for `map_ordered` (None: the usable cores, or the cluster's CPUs).
+        n_tasks: the number of tasks.
+        ray_address: as for `map_ordered`.
+    """
+    if ray_address is not None:
+        cluster_cpus = ray_cluster_cpus(ray_address)
+        n = cluster_cpus if workers is None else min(int(workers), cluster_cpus)
+        return max(1, min(n, n_tasks))
+    if workers is None:
+        workers = default_workers()
+    if workers <= 1 or n_tasks <= 1:
+        return 1
+    return int(min(workers, n_tasks))
+
+
 def _pool_context():
     # fork starts fast and needs no importable __main__; the tasks here never use torch.
     methods = multiprocessing.get_all_start_methods()
@@ -89,12 +111,13 @@ def map_ordered(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: int | N
         max_pool_restarts: how many times a pool whose worker died is rebuilt; with Ray,
             how many times one task is run again after its actor died.
         ray_address: None for local processes; 'local' for a private Ray instance on this
-            machine (loopback only, stopped when this process exits); 'host:port' of a
+            machine (loopback only, stopped when this process exits; its CPUs, and so its
+            actors, are capped at the usable cores); 'host:port' of a
             running Ray cluster (see `ray start`); 'auto' for the cluster started on this
             machine.
 
     Returns:
-        [fn(tasks[0]), fn(tasks[1]), ...].
+        [fn(tasks[0]), fn(tasks[1]), ...]. `workers_used` says how many workers ran them.
 
     Raises:
         WorkerError: tasks were still unfinished after max_pool_restarts rebuilds.
@@ -203,7 +226,9 @@ def ray_connect(address: str, num_cpus: int | None = None):
     Args:
         address: 'local' (start a private instance on this machine, its files in a
             temporary folder, stopped at exit), 'auto' or 'host:port' of a running cluster.
-        num_cpus: CPUs of a 'local' instance (default: the usable cores).
+        num_cpus: CPUs of a 'local' instance, capped at the usable cores
+            (`default_workers()`; default: those cores): a private Ray never claims CPUs
+            this machine does not have, so at most that many actors run on it.
 
     Raises:
         ClusterError: Ray is not installed, or nothing answers at the address.
@@ -237,7 +262,8 @@ def ray_connect(address: str, num_cpus: int | None = None):
         kwargs['_node_ip_address'] = '127.0.0.1'
     if address == 'local':
         temp_dir = tempfile.mkdtemp(prefix='vrat_ray_')
-        kwargs.update(num_cpus=num_cpus or default_workers(), _temp_dir=temp_dir)
+        kwargs.update(num_cpus=min(int(num_cpus or default_workers()), default_workers()),
+                      _temp_dir=temp_dir)
         _RAY_STATE['temp_dir'] = temp_dir
     try:
         ray.init(address=address, **kwargs)

@@ -69,3 +69,131 @@ def test_a_missing_gl_library_named_by_mujoco_gl_is_a_one_line_error(tmp_path):
     assert proc.returncode == 1
     assert "cannot load MuJoCo with MUJOCO_GL='no-such-backend'" in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def _refuse_new_files_in(monkeypatch, folder):
+    """Makes `folder` refuse new files, as a read-only folder does for a non-root user."""
+    import tempfile
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        if os.path.realpath(kwargs.get('dir') or '') == os.path.realpath(folder):
+            raise PermissionError(13, 'Permission denied')
+        return real_mkstemp(*args, **kwargs)
+    monkeypatch.setattr(tempfile, 'mkstemp', mkstemp)
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError('the work ran although the output cannot be written')
+
+
+@pytest.mark.parametrize('command', ['eval', 'bench-workers', 'render'])
+def test_an_output_folder_that_refuses_new_files_is_found_before_any_work(
+        command, tmp_path, monkeypatch, capsys):
+    from vrat_ros import clip
+    from vrat_ros import evaluate
+    from vrat_ros import scaling
+    monkeypatch.setattr(evaluate, 'run_eval', _no_work)
+    monkeypatch.setattr(scaling, 'measure_scaling', _no_work)
+    monkeypatch.setattr(clip.Clip, 'load', _no_work)
+    locked = tmp_path / 'locked'
+    locked.mkdir()
+    _refuse_new_files_in(monkeypatch, locked)
+    out = str(locked / ('run.mp4' if command == 'render' else 'r.json'))
+    argv = {'eval': ['eval', '--controller', 'zero', '--report', out],
+            'bench-workers': ['bench-workers', '--report', out],
+            'render': ['render', '--out', out]}[command]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"cannot write output '{out}'" in err and 'Permission denied' in err
+    assert len(err.splitlines()) == 1 and '.vrat-probe' not in err
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.skipif(hasattr(os, 'geteuid') and os.geteuid() == 0,
+                    reason='root writes into a chmod 0o500 folder anyway')
+def test_a_read_only_output_folder_is_found_before_any_work(tmp_path, monkeypatch, capsys):
+    from vrat_ros import evaluate
+    monkeypatch.setattr(evaluate, 'run_eval', _no_work)
+    locked = tmp_path / 'locked'
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        out = str(locked / 'r.json')
+        assert main(['eval', '--controller', 'zero', '--report', out]) == 1
+        err = capsys.readouterr().err.strip()
+        assert f"cannot write output '{out}'" in err and len(err.splitlines()) == 1
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+def test_output_check_leaves_no_file_and_lets_render_make_folders(tmp_path):
+    from vrat_ros.cli import _check_output_path
+    _check_output_path(str(tmp_path / 'r.json'))
+    _check_output_path(str(tmp_path / 'new' / 'deeper' / 'run.mp4'), make_folders=True)
+    _check_output_path(str(tmp_path), make_folders=True)  # a folder of PNG frames
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match='is a folder'):
+        _check_output_path(str(tmp_path))
+
+
+# -- vrat train: settings, clip names and a missing torch, checked before any work ------------
+
+def _capture_train(monkeypatch):
+    """Replaces vrat_ros.train.train with a recorder; returns the list of its configs."""
+    from vrat_ros import train as train_module
+    seen = []
+
+    def fake_train(config, out_dir, **kwargs):
+        seen.append(config)
+        return {'out_dir': out_dir, 'step': 0}
+    monkeypatch.setattr(train_module, 'train', fake_train)
+    return seen
+
+
+@pytest.mark.parametrize('text, message', [
+    ('[1, 2]', "config '{path}' should hold a JSON object of settings: got list"),
+    ('not json', "config '{path}' is not valid JSON: Expecting value: line 1 column 1"),
+    ('{"seed": "abc"}', "config '{path}': setting 'seed' should be an integer: got 'abc'"),
+    ('{"model": {"hidden": [64, "x"]}}',
+     "config '{path}': setting 'model.hidden[1]' should be an integer"),
+    ('{"data": {"episode_steps": 100000000}}',
+     "config '{path}': setting 'data.episode_steps' should be an integer from 1 to 100000"),
+    ('{"train": []}', "config '{path}': setting 'train' should be a mapping of settings"),
+])
+def test_train_config_errors_name_the_file_and_the_setting(tmp_path, monkeypatch, capsys,
+                                                           text, message):
+    pytest.importorskip('torch')
+    seen = _capture_train(monkeypatch)
+    path = tmp_path / 'config.json'
+    path.write_text(text)
+    out = tmp_path / 'run'
+    assert main(['train', '--config', str(path), '--out', str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('vrat train: ' + message.format(path=path))
+    assert len(err.splitlines()) == 1 and seen == [] and not out.exists()
+
+
+def test_train_takes_clip_names_from_vrat_clips(tmp_path, monkeypatch, capsys):
+    pytest.importorskip('torch')
+    seen = _capture_train(monkeypatch)
+    shipped = resources.data_path('clips', 'rat7m_train_2340_2430.npz')
+    assert main(['train', '--small', '--clips', 'rat7m_train_2340_2430',
+                 '--out', str(tmp_path / 'a')]) == 0
+    path = tmp_path / 'config.json'
+    path.write_text(json.dumps({'clips': ['rat7m_train_2340_2430'],
+                                'rounds': {'data': {'pd_zeta': 0.3}}}))
+    assert main(['train', '--config', str(path), '--out', str(tmp_path / 'b')]) == 0
+    assert [c['clips'] for c in seen] == [[os.path.abspath(shipped)]] * 2
+    assert seen[1]['rounds']['data']['pd_zeta'] == 0.3
+
+
+def test_train_without_torch_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now raises ImportError
+    out = tmp_path / 'run'
+    assert main(['train', '--small', '--out', str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install -e '.[train]'" in err
+    assert err.startswith('vrat train: training needs PyTorch')
+    assert not out.exists()

@@ -562,3 +562,29 @@ def test_cli_import_smooth_low_passes_the_fit_and_records_it(tmp_path):
     assert np.max(np.abs(np.diff(clip.qpos[:, 7:], axis=0))) < 0.22
     with pytest.raises(SystemExit):
         _parser().parse_args(['import', str(RAT7M_MAT), '--smooth', '-1'])
+
+
+def test_cli_import_refuses_a_smoothing_longer_than_one_second(tmp_path, capsys):
+    out = tmp_path / 'never.npz'
+    args = _parser().parse_args(['import', str(tmp_path / 'missing.npz'), '--smooth', '1e9',
+                                 '--out', str(out), '--no-progress'])
+    assert args.func(args) == 1  # refused before the (missing) file is even read
+    err = capsys.readouterr().err
+    assert err.strip() == ('vrat import: --smooth 1e+09 s is too long: it should be at '
+                           'most 1 s')
+    assert not out.exists()
+
+
+@needs_rat_data
+def test_cli_import_writes_no_clip_when_every_frame_failed(tmp_path, capsys, mocap_mm):
+    xyz, names = mocap_mm
+    # Keypoints scattered at random over half a metre: no pose of the body fits any frame.
+    scattered = np.random.default_rng(0).uniform(-250.0, 250.0, xyz[:3].shape) + [0, 0, 300]
+    path = _write_keypoint_npz(tmp_path / 'scattered.npz', scattered, names, fps=50)
+    out = tmp_path / 'scattered_clip.npz'
+    args = _parser().parse_args(['import', path, '--units', 'mm', '--out', str(out),
+                                 '--no-progress'])
+    assert args.func(args) == 1
+    err = capsys.readouterr().err
+    assert 'every frame failed to fit (3 of 3' in err and 'no clip was written' in err
+    assert not out.exists()

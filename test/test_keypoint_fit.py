@@ -382,3 +382,16 @@ def test_smoothing_needs_the_frame_rate():
                                options=kf.FitOptions(smooth_s=0.03))
     with pytest.raises(ValueError, match='frame rate'):
         fitter.fit(np.zeros((3, 1, 3)))
+
+
+def test_smoothing_longer_than_the_cap_or_the_clip_is_refused_before_fitting(monkeypatch):
+    fitter = kf.KeypointFitter(kf.load_marker_set(), ['Snout'],
+                               options=kf.FitOptions(smooth_s=100.0))
+    monkeypatch.setattr(fitter, 'solve_frame', None)  # any fitting would fail differently
+    # 140 frames at 30 Hz last 4.63 s: 100 s was accepted and failed every frame.
+    with pytest.raises(ValueError, match='at most 1 s'):
+        fitter.fit(np.zeros((140, 1, 3)), fps=30.0)
+    fitter.options = kf.FitOptions(smooth_s=0.5)  # under the cap but longer than the clip
+    with pytest.raises(ValueError, match=r'clip \(0.1 s\)'):
+        fitter.fit(np.zeros((4, 1, 3)), fps=30.0)
+    assert kf.MAX_SMOOTH_S == 1.0

@@ -207,3 +207,70 @@ def test_training_clips_ship_and_keep_away_from_the_held_out_frames():
             # At least 30 frames (1 s at 30 Hz) between a training clip and a held-out one.
             assert stop + 30 <= h_start or h_stop + 30 <= start, (path, h_start, h_stop)
     assert rat7m_frames == 980 + 90 + 370
+
+
+# -- settings checked before any work, and no empty output folder left behind -----------------
+
+def test_config_types_are_checked_naming_the_setting():
+    from vrat_ros.train import validate_config
+    config = default_config(small=True)
+    validate_config(config)
+    config['train']['lr'] = 1  # an int passes for a float
+    config['train']['ema_decay'] = 0.99  # optional settings take a number or null
+    config['model']['action_bound_quantile'] = None
+    validate_config(config)
+    for section, key, value, message in [
+            (None, 'seed', 'abc', "setting 'seed' should be an integer: got 'abc' \\(str\\)"),
+            (None, 'seed', True, "setting 'seed' should be an integer"),
+            ('model', 'hidden', [128.0], r"setting 'model.hidden\[0\]' should be an integer"),
+            ('data', 'speed_range', 'fast', "setting 'data.speed_range' should be a list"),
+            ('eval', 'seconds', 'all', "setting 'eval.seconds' should be a number or null"),
+            (None, 'clips', 'a.npz', "setting 'clips' should be a list")]:
+        bad = default_config(small=True)
+        (bad if section is None else bad[section])[key] = value
+        with pytest.raises(ValueError, match=message):
+            validate_config(bad)
+    bad = default_config(small=True)
+    bad['rounds']['data']['no_such'] = 1
+    with pytest.raises(ValueError, match="unknown training setting 'no_such' in 'rounds.data'"):
+        validate_config(bad)
+
+
+def test_episode_length_is_bounded_for_train_and_bench_workers():
+    from vrat_ros.train import MAX_EPISODE_STEPS
+    from vrat_ros.train import round_settings
+    config = tiny_config()
+    config['data']['episode_steps'] = 100_000_000  # `vrat bench-workers --steps 100000000`
+    with pytest.raises(ValueError, match=f"'data.episode_steps' should be an integer from 1 "
+                                         f'to {MAX_EPISODE_STEPS}: got 100000000'):
+        generate_episodes(config, workers=1)  # refused before any episode is built
+    config = tiny_config()
+    config['rounds']['data']['episode_steps'] = 0
+    assert round_settings(config, 0)['episode_steps'] == 40
+    with pytest.raises(ValueError, match="'rounds.data.episode_steps'"):
+        round_settings(config, 1)
+
+
+def test_a_failed_run_leaves_no_empty_output_folder(tmp_path, monkeypatch):
+    import vrat_ros.train as train_module
+    config = tiny_config()
+    out = tmp_path / 'new' / 'run'
+    with pytest.raises(Exception, match="training clip '.*nope.npz' does not exist"):
+        train({**config, 'clips': [str(tmp_path / 'nope.npz')]}, str(out), progress=False)
+    assert not (tmp_path / 'new').exists()
+
+    def no_cluster(*args, **kwargs):
+        raise ValueError('could not connect to the Ray cluster')
+    monkeypatch.setattr(train_module, 'generate_episodes', no_cluster)
+    with pytest.raises(ValueError, match='Ray cluster'):
+        train(config, str(out), progress=False, ray_address='1.2.3.4:1')
+    assert not (tmp_path / 'new').exists()  # the new folder and its new parent are gone
+    out.mkdir(parents=True)
+    with pytest.raises(ValueError, match='Ray cluster'):
+        train(config, str(out), progress=False, ray_address='1.2.3.4:1')
+    assert out.is_dir()  # a folder that existed before stays, empty or not
+    (out / 'notes.txt').write_text('mine')
+    with pytest.raises(ValueError, match='Ray cluster'):
+        train(config, str(tmp_path / 'new' / 'run2'), progress=False)
+    assert sorted(p.name for p in (tmp_path / 'new').iterdir()) == ['run']
+    assert (out / 'notes.txt').read_text() == 'mine'

@@ -7,19 +7,44 @@ import json
 import os
 import re
 import sys
+import tempfile
 
 from vrat_ros.errors import VratError
 
 
-def _check_output_path(path: str | None) -> None:
-    """Refuses, before any work, an output path that is a folder or in a missing folder."""
+def _check_output_path(path: str | None, make_folders: bool = False) -> None:
+    """Refuses, before any work, an output path that cannot be written.
+
+    That is a path that is a folder, in a missing folder, or in a folder that does not
+    accept a new file (read-only, no permission): a uniquely named empty file is created
+    there and deleted again.
+
+    Args:
+        path: the output file (None: nothing to check).
+        make_folders: the writer creates missing folders (and `path` may be a folder that
+            receives files): then the nearest existing folder is the one probed.
+
+    Raises:
+        ValueError: the path cannot be written; the message names `path`.
+    """
     if path is None:
         return
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not make_folders:
         raise ValueError(f"output '{path}' is a folder; give a file name")
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = os.path.abspath(path) if os.path.isdir(path) else \
+        os.path.dirname(os.path.abspath(path))
+    if make_folders:
+        while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
         raise ValueError(f"output folder '{folder}' does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.vrat-probe-', dir=folder)
+    except OSError as exc:
+        raise ValueError(f"cannot write output '{path}': its folder '{folder}' does not "
+                         f'accept new files ({exc.strerror or exc})') from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _write_json_atomic(path: str, obj: dict) -> None:
@@ -140,16 +165,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from vrat_ros import resources
     from vrat_ros.train import default_config
+    from vrat_ros.train import require_torch
     from vrat_ros.train import train
+    from vrat_ros.train import validate_config
+    require_torch()  # before any work: a missing extra is one line, not a traceback
     config = default_config(small=args.small)
     if args.config:
-        with open(args.config) as f:
-            _merge(config, json.load(f))
+        config = _load_train_config(args.config, config)
     if args.seed is not None:
         config['seed'] = args.seed
     if args.clips:
-        config['clips'] = [os.path.abspath(c) for c in args.clips]
+        config['clips'] = list(args.clips)
+    validate_config(config)
+    # Clip names that `vrat clips` lists work as well as paths, as in run and eval.
+    config['clips'] = [os.path.abspath(resources.resolve_clip_path(c)) for c in config['clips']]
     if args.workers is not None and args.workers < 1:
         raise ValueError(f'--workers should be at least 1: got {args.workers}')
     summary = train(config, args.out, resume=args.resume, progress=not args.no_progress,
@@ -162,13 +193,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _merge(base: dict, update: dict) -> None:
-    """Merges `update` into `base` recursively; unknown keys are refused."""
+def _load_train_config(path: str, config: dict) -> dict:
+    """Merges the settings of the JSON file `path` into `config`; errors name the file."""
+    from vrat_ros.train import validate_config
+    with open(path, encoding='utf-8') as f:
+        try:
+            update = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"config '{path}' is not valid JSON: {exc}") from None
+    if not isinstance(update, dict):
+        raise ValueError(f"config '{path}' should hold a JSON object of settings: got "
+                         f'{type(update).__name__}')
+    try:
+        _merge(config, update)
+        validate_config(config)
+    except ValueError as exc:
+        raise ValueError(f"config '{path}': {exc}") from None
+    return config
+
+
+def _merge(base: dict, update: dict, prefix: str = '') -> None:
+    """Merges `update` into `base` recursively; unknown keys are refused.
+
+    'rounds.data' takes any of the 'data' settings (validate_config checks them).
+    """
     for key, value in update.items():
+        name = f'{prefix}.{key}' if prefix else key
         if key not in base:
-            raise ValueError(f"unknown training setting '{key}'; known: {sorted(base)}")
-        if isinstance(base[key], dict) and isinstance(value, dict):
-            _merge(base[key], value)
+            raise ValueError(f"unknown training setting '{name}'; known: {sorted(base)}")
+        if name == 'rounds.data' and isinstance(value, dict):
+            base[key].update(value)
+        elif isinstance(base[key], dict) and isinstance(value, dict):
+            _merge(base[key], value, name)
         else:
             base[key] = value
 
@@ -240,10 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
                         '(default runs/train).')
     p.add_argument('--small', action='store_true',
                    help='A quick configuration (seconds; for CI and smoke tests).')
-    p.add_argument('--config', help='JSON file whose settings override the defaults.')
+    p.add_argument('--config', help='JSON file whose settings override the defaults (its '
+                   "'clips' may be files or names that `vrat clips` lists).")
     p.add_argument('--seed', type=int, help='Random seed (default 0).')
     p.add_argument('--clips', nargs='+', metavar='CLIP',
-                   help='Training clips (default: the shipped real rat clip).')
+                   help='Training clips: files, or names that `vrat clips` lists (default: '
+                        'the shipped real rat clip).')
     p.add_argument('--resume', action='store_true',
                    help='Continue from OUT/checkpoint.pt; gives the same result as one run.')
     p.add_argument('--no-export', action='store_true', help='Skip the ONNX export.')

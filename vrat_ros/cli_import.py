@@ -84,7 +84,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                         'rate).')
     p.add_argument('--smooth', type=_non_negative_float, default=0.0, metavar='SECONDS',
                    help='Low-pass the fitted poses with a zero-phase Gaussian of this '
-                        'standard deviation (default 0: off; 0.033 is one Rat7M frame).')
+                        'standard deviation (default 0: off; 0.033 is one Rat7M frame; at '
+                        'most 1 s and no longer than the clip).')
     p.add_argument('--no-fill-gaps', action='store_true',
                    help='Keep the solver\'s joint angles where markers are missing instead of '
                         'interpolating the joints they observe across the gap.')
@@ -143,15 +144,30 @@ def run_import(args: argparse.Namespace) -> int:
     try:
         from vrat_ros import importers
         from vrat_ros.keypoint_fit import FitOptions
+        from vrat_ros.keypoint_fit import MAX_SMOOTH_S
         out = args.out or importers.library_clip_path(args.path, args.frames)
+        if args.smooth > MAX_SMOOTH_S:  # before any work; the fit also refuses > clip length
+            raise ValueError(f'--smooth {args.smooth:g} s is too long: it should be at most '
+                             f'{MAX_SMOOTH_S:g} s')
         options = FitOptions(fill_gaps=not args.no_fill_gaps, smooth_s=args.smooth)
         if 'fit' in (args.scale, args.animal_scale):
             print('vrat import: estimating the body scale from the keypoints ...',
                   file=sys.stderr)
-        _, report = importers.import_clip(
+        clip, report = importers.import_clip(
             args.path, fmt=args.format, fps=args.fps, units=args.units, scale=args.scale,
             animal_scale=args.animal_scale, marker_set=args.marker_set, frames=args.frames,
-            resample=args.resample, out=out, progress=not args.no_progress, options=options)
+            resample=args.resample, out=None, progress=not args.no_progress, options=options)
+        failed = report.get('failed_frames') or []
+        fitted = report['frames']  # frames the fit saw (before any --resample)
+        if report.get('resampled_from_fps'):
+            fitted = int(round(report['duration_s'] * report['resampled_from_fps'])) + 1
+        if failed and len(failed) >= fitted:
+            raise VratError(
+                f'every frame failed to fit ({len(failed)} of {fitted}; mean keypoint '
+                f"residual {report['residual_mm_mean'] or float('nan'):.1f} mm), so no clip "
+                'was written; check --units, --marker-set, --scale and --smooth')
+        clip.save(out)
+        report['out'] = os.path.abspath(out)
         for warning in report.get('warnings', []):
             print(f'vrat import: warning: {warning}', file=sys.stderr)
         print(_summary(report))

@@ -52,6 +52,10 @@ UNITS_TO_M = {'m': 1.0, 'cm': 0.01, 'mm': 0.001}
 
 # Frame rate assumed when a file stores none (the downstream rat tools use 50 Hz).
 DEFAULT_FPS = 50.0
+# Longest pose smoothing accepted (s): a Gaussian this wide already erases a rat's strides,
+# and a longer one (or one longer than the clip) only flattens the clip, at a cost that
+# grows with the width (1e6 s ran for ever, 1e9 s ran out of memory).
+MAX_SMOOTH_S = 1.0
 
 _HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
 # What SciPy's MAT reader raises on damaged or foreign files (it has no single error type).
@@ -514,7 +518,8 @@ class FitOptions:
             `min_keypoints` keypoints still hold the pose before them.
         smooth_s: standard deviation (s) of a zero-phase Gaussian low-pass applied to the
             fitted poses (root position, root rotation, hinges) after gap filling; 0 is off.
-            Needs the frame rate (`KeypointFitter.fit(..., fps=)`).
+            Needs the frame rate (`KeypointFitter.fit(..., fps=)`); at most MAX_SMOOTH_S
+            (1 s) and no longer than the clip.
     """
 
     iterations: int = 12
@@ -888,6 +893,12 @@ class KeypointFitter:
         if opt.smooth_s > 0 and not (fps is not None and np.isfinite(fps) and fps > 0):
             raise ValueError(f'smoothing over {opt.smooth_s} s needs the frame rate: got '
                              f'fps={fps}')
+        if opt.smooth_s > 0:
+            duration = (n_frames - 1) / float(fps)
+            if not opt.smooth_s <= min(MAX_SMOOTH_S, duration):
+                raise ValueError(
+                    f'smoothing over {opt.smooth_s:g} s is too long: it should be at most '
+                    f'{MAX_SMOOTH_S:g} s and no longer than the clip ({duration:.3g} s)')
         tick = _progress_callback(progress, n_frames)
         prev = None
         first_fitted = None

@@ -64,6 +64,8 @@ from vrat_ros.controllers import effective_inertia
 from vrat_ros.controllers import observation_from_state
 from vrat_ros.controllers import pd_gains
 from vrat_ros.controllers import PolicyController
+from vrat_ros.errors import ClipError
+from vrat_ros.errors import VratError
 from vrat_ros.kinematics import quat_conj
 from vrat_ros.kinematics import quat_mul
 from vrat_ros.kinematics import quat_to_mat
@@ -90,6 +92,11 @@ _NOISE_WN_RAD_S = 150.0
 _FALLEN_TORSO_Z_M = 0.025
 # Episodes handed to a worker process at a time.
 _CHUNK = 4
+# Longest episode accepted (control steps; 2000 s at 50 Hz): the generator builds the whole
+# target trajectory up front, so a mistyped length would run silently for hours.
+MAX_EPISODE_STEPS = 100_000
+# Settings whose default is a number but that also accept None (see default_config).
+_NULLABLE = {'model.action_bound_quantile', 'train.ema_decay', 'eval.seconds'}
 
 
 def default_config(small: bool = False) -> dict:
@@ -172,6 +179,101 @@ def default_config(small: bool = False) -> dict:
                                 'log_every': 100})
         config['eval'].update({'every': 200, 'starts_s': [0.0], 'seconds': 2.0})
     return config
+
+
+def _family(value) -> str:
+    """The type family of a configuration value: number, int, str, list, dict or None."""
+    if value is None:
+        return 'null'
+    if isinstance(value, bool):
+        return 'bool'
+    if isinstance(value, int):
+        return 'int'
+    if isinstance(value, float):
+        return 'float'
+    return {str: 'str', list: 'list', dict: 'dict'}.get(type(value), type(value).__name__)
+
+
+_FAMILY_WORDS = {'int': 'an integer', 'float': 'a number', 'str': 'a string', 'list': 'a list',
+                 'dict': 'a mapping of settings', 'null': 'null'}
+
+
+def _check_value(name: str, value, default) -> None:
+    """Refuses `value` unless its type family matches `default`'s (ints pass as floats)."""
+    want, got = _family(default), _family(value)
+    if want == 'null' or (got == 'null' and name in _NULLABLE):
+        if got not in ('null', 'int', 'float'):
+            raise ValueError(f"setting '{name}' should be a number or null: got {value!r}")
+        return
+    if got == want or (want == 'float' and got == 'int'):
+        if want == 'list' and default:
+            for i, item in enumerate(value):
+                _check_value(f'{name}[{i}]', item, default[0])
+        return
+    raise ValueError(f"setting '{name}' should be {_FAMILY_WORDS.get(want, want)}: got "
+                     f'{value!r} ({type(value).__name__})')
+
+
+def _check_section(prefix: str, section, template: dict, data_template: dict,
+                   partial: bool = False) -> None:
+    if not isinstance(section, dict):
+        raise ValueError(f"setting '{prefix or 'config'}' should be a mapping of settings: "
+                         f'got {section!r} ({type(section).__name__})')
+    for key in section:
+        if key not in template:
+            where = f" in '{prefix}'" if prefix else ''
+            raise ValueError(f"unknown training setting '{key}'{where}; known: "
+                             f'{sorted(template)}')
+    for key in template:
+        name = f'{prefix}.{key}' if prefix else key
+        if key not in section:
+            if partial:
+                continue
+            raise ValueError(f"setting '{name}' is missing")
+        if name == 'rounds.data':  # overrides of any of data's settings
+            _check_section(name, section[key], data_template, data_template, partial=True)
+        elif isinstance(template[key], dict):
+            _check_section(name, section[key], template[key], data_template)
+        else:
+            _check_value(name, section[key], template[key])
+
+
+def _check_episode_settings(cfg: dict, section: str) -> None:
+    steps = cfg['episode_steps']
+    if not isinstance(steps, int) or isinstance(steps, bool) or not \
+            1 <= steps <= MAX_EPISODE_STEPS:
+        raise ValueError(f"setting '{section}.episode_steps' should be an integer from 1 to "
+                         f'{MAX_EPISODE_STEPS}: got {steps!r}')
+
+
+def validate_config(config: dict) -> None:
+    """Checks a training configuration before any work is done.
+
+    Every setting of `default_config()` must be present with a value of the same type
+    family (int, float, str, list, dict; an int passes where a float is expected, and the
+    settings documented as optional may be null), and the episode length must lie within
+    1..MAX_EPISODE_STEPS.
+
+    Args:
+        config: a configuration shaped like `default_config()`.
+
+    Raises:
+        ValueError: naming the first setting that is wrong.
+    """
+    template = default_config()
+    _check_section('', config, template, template['data'])
+    _check_episode_settings(config['data'], 'data')
+    if 'episode_steps' in config['rounds']['data']:
+        _check_episode_settings(config['rounds']['data'], 'rounds.data')
+
+
+def require_torch() -> None:
+    """Raises a one-line VratError when PyTorch (the `train` extra) is not importable."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise VratError(f"training needs PyTorch, which is not installed ({exc}); install "
+                        "it with pip install -e '.[train]'") from None
 
 
 def _config_hash(section) -> str:
@@ -367,11 +469,17 @@ def _run_task(task: tuple) -> list[dict]:
 
 
 def round_settings(config: dict, round_index: int) -> dict:
-    """Returns the collection settings of a round (round 0 is config['data'])."""
+    """Returns the collection settings of a round (round 0 is config['data']).
+
+    Raises:
+        ValueError: the episode length is not an integer in 1..MAX_EPISODE_STEPS.
+    """
     cfg = dict(config['data'])
     if round_index > 0:
         cfg.update(config['rounds']['data'])
         cfg['n_episodes'] = config['rounds']['n_episodes']
+    _check_episode_settings(cfg, 'data' if round_index == 0 or 'episode_steps' not in
+                            config['rounds']['data'] else 'rounds.data')
     return cfg
 
 
@@ -804,7 +912,8 @@ def train(config: dict, out_dir: str, resume: bool = False, progress: bool = Tru
 
     Args:
         config: a configuration shaped like `default_config()`.
-        out_dir: output folder (created if needed).
+        out_dir: output folder (created if needed; removed again, with the parents this
+            call created, when the run fails before writing anything into it).
         resume: continue from out_dir/checkpoint.pt if it exists; the result equals an
             uninterrupted run. The configuration must be the one the checkpoint has.
         progress: show tqdm bars.
@@ -819,11 +928,39 @@ def train(config: dict, out_dir: str, resume: bool = False, progress: bool = Tru
 
     Raises:
         ValueError: the configuration is unusable or differs from the checkpoint's.
+        VratError: PyTorch is not installed, or a clip cannot be loaded.
     """
-    import torch
+    require_torch()
     t_start = time.perf_counter()
     config = copy.deepcopy(config)
+    validate_config(config)
+    for path in config['clips']:
+        if not os.path.isfile(path):
+            raise ClipError(f"training clip '{path}' does not exist; give a clip file or a "
+                            'name that `vrat clips` lists')
+    # Folders this call creates; a run that fails before writing into them removes them.
+    created, folder = [], os.path.abspath(out_dir)
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     os.makedirs(out_dir, exist_ok=True)
+    try:
+        return _train(config, out_dir, resume, progress, stop_after_steps, export, workers,
+                      ray_address, t_start)
+    except BaseException:
+        for folder in created:  # deepest first; never one that holds anything
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        raise
+
+
+def _train(config: dict, out_dir: str, resume: bool, progress: bool,
+           stop_after_steps: int | None, export: bool, workers: int | None,
+           ray_address: str | None, t_start: float) -> dict:
+    """The body of `train`, once the configuration is checked and out_dir exists."""
+    import torch
     ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
     seed = int(config['seed'])
     tcfg = config['train']

@@ -32,8 +32,8 @@ from vrat_ros.workers import ClusterError
 from vrat_ros.workers import map_ordered
 
 HAVE_RAY = importlib.util.find_spec('ray') is not None
-needs_ray = pytest.mark.skipif(not HAVE_RAY,
-                               reason="Ray is not installed (pip install 'vrat_ros[scale]')")
+needs_ray = pytest.mark.skipif(
+    not HAVE_RAY, reason="Ray is not installed (pip install -e '.[scale]' in a vrat_ros checkout)")
 DEFAULT_CLIP = (pathlib.Path(__file__).resolve().parents[1]
                 / 'vrat_ros' / 'data' / 'clips' / 'rat23_dannce_1000f.npz')
 
@@ -111,7 +111,8 @@ def test_a_dead_worker_process_is_replaced_and_every_task_counted_once(tmp_path,
 
 def test_ray_address_without_ray_is_a_clear_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, 'ray', None)  # what `import ray` does where it is absent
-    with pytest.raises(ClusterError, match=r"needs Ray .*pip install 'vrat_ros\[scale\]'"):
+    with pytest.raises(ClusterError,
+                       match=r"needs Ray .*pip install -e '\.\[scale\]' in a vrat_ros checkout"):
         map_ordered(_square_late, range(3), workers=2, ray_address='local')
     rc = cli.main(['train', '--small', '--no-progress', '--out', str(tmp_path),
                    '--ray-address', '127.0.0.1:6379'])
@@ -167,7 +168,7 @@ def _cmdline(pid):
 def ray_cluster():
     """A Ray head on 127.0.0.1 with 2 CPUs, started here and stopped afterwards."""
     if not HAVE_RAY:
-        pytest.skip("Ray is not installed (pip install 'vrat_ros[scale]')")
+        pytest.skip("Ray is not installed (pip install -e '.[scale]' in a vrat_ros checkout)")
     port = _free_port()
     temp_dir = tempfile.mkdtemp(prefix='vr', dir='/tmp')  # short: Ray puts sockets in it
     # Token authentication with a token of this test only, for the cluster and for this

@@ -627,7 +627,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         import rclpy  # noqa: F401
     except ImportError as exc:
         print(f'vrat bench: needs the ROS 2 Python runtime ({exc}); install it with '
-              "pip install 'vrat_ros[ros]' or source a ROS 2 install", file=sys.stderr)
+              "pip install -e '.[ros]' in a vrat_ros checkout or source a ROS 2 install",
+              file=sys.stderr)
         return 1
     policy_path = args.policy or resources.default_policy_path()
     if not os.path.isfile(policy_path):

@@ -97,7 +97,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         import rclpy  # noqa: F401
     except ImportError as exc:
         print(f'vrat run: needs the ROS 2 Python runtime ({exc}); install it with '
-              "pip install 'vrat_ros[ros]' or source a ROS 2 install", file=sys.stderr)
+              "pip install -e '.[ros]' in a vrat_ros checkout or source a ROS 2 install",
+              file=sys.stderr)
         return 1
 
     from vrat_ros.introspection import parse_lesion_specs
@@ -313,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--ray-address', metavar='ADDRESS',
                    help="Collect episodes on Ray: 'local' (a private Ray on this machine), "
                         "or HOST:PORT of a cluster started with 'ray start --head' (needs "
-                        "pip install 'vrat_ros[scale]').")
+                        "pip install -e '.[scale]' in a vrat_ros checkout).")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser('export', help='Export a training checkpoint to ONNX with its contract.')
@@ -351,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _needs_ros(args: argparse.Namespace, why: str) -> int:
     print(f'vrat {args.command}: needs the ROS 2 Python runtime ({why}); install it with '
-          "pip install 'vrat_ros[ros]' or source a ROS 2 install", file=sys.stderr)
+          "pip install -e '.[ros]' in a vrat_ros checkout or source a ROS 2 install",
+          file=sys.stderr)
     return 1
 
 

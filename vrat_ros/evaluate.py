@@ -544,8 +544,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--ray-address', metavar='ADDRESS',
                    help="Run the episodes on Ray: 'local' (a private Ray on this machine) or "
                         "HOST:PORT of a cluster started with 'ray start --head' (needs "
-                        "pip install 'vrat_ros[scale]'; each node needs the clip and policy "
-                        'files at the same paths).')
+                        "pip install -e '.[scale]' in a vrat_ros checkout; each node needs "
+                        'the clip and policy files at the same paths).')
     p.add_argument('--report', metavar='FILE',
                    help='Write the JSON report here, the table beside it (.md) and, unless '
                         '--plot says otherwise, the plot beside it (.png), each with the '

@@ -14,8 +14,8 @@ Backends:
     Each actor runs the initializer once and keeps what it built (a MuJoCo model) for all
     its tasks; an actor holds one task at a time. When an actor dies, the task it held is
     queued again and a new actor takes its place. Ray is an optional extra
-    (pip install 'vrat_ros[scale]'); it is imported only when an address is given, so
-    nothing else in vrat_ros (the ROS nodes above all) depends on it.
+    (pip install -e '.[scale]' in a vrat_ros checkout); it is imported only when an address
+    is given, so nothing else in vrat_ros (the ROS nodes above all) depends on it.
 
 Known shortcoming: a task that itself kills its worker every time is retried
 `max_pool_restarts` times and then reported as an error.
@@ -42,7 +42,7 @@ from vrat_ros.errors import VratError
 
 _LOG = logging.getLogger(__name__)
 
-RAY_INSTALL = "pip install 'vrat_ros[scale]'"
+RAY_INSTALL = "pip install -e '.[scale]' in a vrat_ros checkout"
 # Seconds allowed to open a TCP connection to a cluster's address before giving up.
 _CONNECT_TIMEOUT_S = 5.0
 

@@ -197,3 +197,12 @@ def test_train_without_torch_says_how_to_install_it(tmp_path, monkeypatch, capsy
     assert len(err.splitlines()) == 1 and "pip install -e '.[train]'" in err
     assert err.startswith('vrat train: training needs PyTorch')
     assert not out.exists()
+
+
+def test_shipped_robot_clips_are_listed_and_resolve_by_name():
+    from vrat_ros.importers import list_clips
+    names = {entry['name']: entry for entry in list_clips(include_imported=False)}
+    assert 'quadruped_eval_2010_2310' in names and 'rat7m_walk_2010_2310' in names
+    path = resources.resolve_clip_path('quadruped_eval_2010_2310')
+    assert path.endswith('clips/quadruped/quadruped_eval_2010_2310.npz')
+    assert names['quadruped_eval_2010_2310']['frames'] == 704

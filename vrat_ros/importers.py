@@ -1077,7 +1077,7 @@ def list_clips(include_imported: bool = True) -> list[dict]:
         instead of the clip fields.
     """
     entries = []
-    folders = [(resources.data_path('clips'), 'shipped')]
+    folders = [(resources.data_path(*f), 'shipped') for f in resources.SHIPPED_CLIP_FOLDERS]
     if include_imported:
         folders.append((clips_dir(), 'imported'))
     for folder, kind in folders:

@@ -4,9 +4,10 @@ import importlib.resources
 
 DEFAULT_CLIP = 'rat23_dannce_1000f.npz'
 DEFAULT_POLICY = 'rat_inverse_dynamics.onnx'
-# Clips `vrat train` learns from by default: the DANNCE clip and the Rat7M frames 1000-2999
-# that lie at least 30 frames away from the held-out Rat7M walk (2010-2310) and rear
-# (2460-2600).
+# The shipped rat training clips: the DANNCE clip and the Rat7M frames 1000-2999 that lie at
+# least 30 frames away from the held-out Rat7M walk (2010-2310) and rear (2460-2600).
+# `vrat train`'s default config uses the DANNCE clip alone (it reproduces the shipped policy);
+# list these in a --config to train on all of them.
 TRAINING_CLIPS = ('rat23_dannce_1000f', 'rat7m_train_1000_1980', 'rat7m_train_2340_2430',
                   'rat7m_train_2630_3000')
 
@@ -14,6 +15,10 @@ TRAINING_CLIPS = ('rat23_dannce_1000f', 'rat7m_train_1000_1980', 'rat7m_train_23
 # spoonsso/dannce's demo_indices.mat; see each clip's meta). These clips are never used for
 # training; `vrat eval` scores on them by default.
 HELD_OUT_CLIPS = ('rat7m_walk_2010_2310', 'rat7m_rear_2460_2600')
+
+
+# Folders of shipped clips under vrat_ros/data/: the rat's, then those of other robots.
+SHIPPED_CLIP_FOLDERS = (('clips',), ('clips', 'quadruped'))
 
 
 def data_path(*parts: str) -> str:
@@ -40,7 +45,7 @@ def resolve_clip_path(name_or_path: str) -> str:
     if os.sep in file_name:
         return name_or_path
     from vrat_ros.importers import clips_dir
-    for folder in (data_path('clips'), clips_dir()):
+    for folder in [data_path(*f) for f in SHIPPED_CLIP_FOLDERS] + [clips_dir()]:
         candidate = os.path.join(folder, file_name)
         if os.path.isfile(candidate):
             return candidate

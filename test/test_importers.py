@@ -588,3 +588,7 @@ def test_cli_import_writes_no_clip_when_every_frame_failed(tmp_path, capsys, moc
     err = capsys.readouterr().err
     assert 'every frame failed to fit (3 of 3' in err and 'no clip was written' in err
     assert not out.exists()
+    # The library call refuses too, so no caller of import_clip gets a clip of failed frames.
+    with pytest.raises(ClipError, match=r'every frame failed to fit \(3 of 3'):
+        importers.import_clip(path, units='mm', out=str(out))
+    assert not out.exists()

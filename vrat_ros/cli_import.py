@@ -153,21 +153,10 @@ def run_import(args: argparse.Namespace) -> int:
         if 'fit' in (args.scale, args.animal_scale):
             print('vrat import: estimating the body scale from the keypoints ...',
                   file=sys.stderr)
-        clip, report = importers.import_clip(
+        _, report = importers.import_clip(
             args.path, fmt=args.format, fps=args.fps, units=args.units, scale=args.scale,
             animal_scale=args.animal_scale, marker_set=args.marker_set, frames=args.frames,
-            resample=args.resample, out=None, progress=not args.no_progress, options=options)
-        failed = report.get('failed_frames') or []
-        fitted = report['frames']  # frames the fit saw (before any --resample)
-        if report.get('resampled_from_fps'):
-            fitted = int(round(report['duration_s'] * report['resampled_from_fps'])) + 1
-        if failed and len(failed) >= fitted:
-            raise VratError(
-                f'every frame failed to fit ({len(failed)} of {fitted}; mean keypoint '
-                f"residual {report['residual_mm_mean'] or float('nan'):.1f} mm), so no clip "
-                'was written; check --units, --marker-set, --scale and --smooth')
-        clip.save(out)
-        report['out'] = os.path.abspath(out)
+            resample=args.resample, out=out, progress=not args.no_progress, options=options)
         for warning in report.get('warnings', []):
             print(f'vrat import: warning: {warning}', file=sys.stderr)
         print(_summary(report))

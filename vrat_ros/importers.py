@@ -792,6 +792,12 @@ def _import_keypoints(
     seconds = time.perf_counter() - start_time
 
     finite = residual[np.isfinite(residual)]
+    if len(failed) and np.all(failed):  # nothing worth a clip: refuse before anything is saved
+        mean_mm = float(finite.mean()) if finite.size else float('nan')
+        raise ClipError(
+            f"'{path}': every frame failed to fit ({len(failed)} of {len(failed)}; mean "
+            f'keypoint residual {mean_mm:.1f} mm), so no clip was written; check the units, '
+            'marker set, scale and smoothing')
     by_keypoint = {}
     for k in fitter.used:
         column = residual[:, k][np.isfinite(residual[:, k])]

@@ -21,6 +21,22 @@ from vrat_ros.errors import VratError
 EXECUTORS = ('events', 'single_threaded')
 
 
+def events_executor(context, logger=None):
+    """Returns rclpy's EventsExecutor for `context`, or a SingleThreadedExecutor where it fails.
+
+    It fails in an older rclpy (no EventsExecutor) and where sys.stderr has no file
+    descriptor (pytest's capsys, Jupyter): it enables faulthandler on sys.stderr.
+    `logger`, if given, gets a warning when the fallback is used.
+    """
+    try:
+        from rclpy.experimental import EventsExecutor
+        return EventsExecutor(context=context)
+    except (ImportError, OSError, ValueError, AttributeError) as exc:
+        if logger is not None:
+            logger.warning(f'no EventsExecutor here ({exc}); using the SingleThreadedExecutor')
+        return SingleThreadedExecutor(context=context)
+
+
 def make_executor(node: Node):
     """Returns the executor named by the node's `executor` parameter (declared here).
 
@@ -34,13 +50,7 @@ def make_executor(node: Node):
     if kind not in EXECUTORS:
         raise ValueError(f"executor should be one of {EXECUTORS}: got '{kind}'")
     if kind == 'events':
-        try:
-            from rclpy.experimental import EventsExecutor
-            return EventsExecutor(context=node.context)
-        except (ImportError, OSError, ValueError, AttributeError) as exc:
-            # Older rclpy, or a sys.stderr without a descriptor (it enables faulthandler).
-            node.get_logger().warning(
-                f'no EventsExecutor here ({exc}); using the SingleThreadedExecutor')
+        return events_executor(node.context, node.get_logger())
     return SingleThreadedExecutor(context=node.context)
 
 

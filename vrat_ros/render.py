@@ -356,12 +356,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
     sim = None
     if args.controller != 'none':
         # Simulate first (the inline loop at 50 Hz), then render at the video rate.
-        from vrat_ros import controllers
+        from vrat_ros.evaluate import make_controller
         from vrat_ros.rollout import run_inline
-        controller = {'policy': lambda: controllers.PolicyController(
-                          args.policy or resources.default_policy_path()),
-                      'pd': controllers.PDController,
-                      'zero': controllers.ZeroController}[args.controller]()
+        controller = make_controller(
+            args.controller, args.policy or resources.default_policy_path())
         run = run_inline(body, clip, controller, seconds=args.seconds, start_time_s=args.start)
         step = max(1, int(round(len(run.times) / max(run.times[-1] - run.times[0], 1e-9)
                                 / args.fps)))

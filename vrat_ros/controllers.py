@@ -1,8 +1,19 @@
-"""Controllers that turn the rat's state and a reference clip into actuator torques.
+"""Controllers that turn a body's state and a reference clip into actuator commands.
 
 Every controller has the same two calls: `reset(body, clip, t0)` once before a run, then
 `torques(body, t)` at each control step, where t is the clip time (s) of the body's current
-state. The result is (nu,) torques in N m in the body's actuator order.
+state. The result is (nu,) commands in the body's actuator order: torques in N m for the rat
+(`RatBody`) and for robots with the 'effort' interface, joint targets (rad, m) for robots
+with the 'position' interface (`vrat_ros.robots.Robot`; the name `torques` is older than
+those). What each controller does on a robot:
+  zero    effort: no torque. position: the standing pose's joint angles as targets, which
+          is what a trained position policy commands for a zero action (its action_offset).
+  pd      position: the reference joint angles of the next control step as targets (the
+          robot's own PD loop at physics rate tracks them). effort: kp (q_ref - q) +
+          kd (qd_ref - qd) with the robot file's `pd` gains; refused without them. (The rat
+          keeps its inertia-scaled PD on actuator lengths.)
+  policy  any vrat ONNX policy whose contract fits the body: joints and actuators matched
+          by name, the same command interface and root joint.
 """
 
 from __future__ import annotations
@@ -13,10 +24,13 @@ import numpy.typing as npt
 
 from vrat_ros import rat_constants as rc
 from vrat_ros.clip import Clip
+from vrat_ros.errors import VratError
 from vrat_ros.kinematics import quat_to_mat
 from vrat_ros.observation import build_observation
 from vrat_ros.observation import observation_size
 from vrat_ros.rat_model import RatBody
+from vrat_ros.robots import Robot
+from vrat_ros.robots import RobotSpecError
 
 # The best stable PD on the default 20 s clip, from a sweep of wn 100-250 rad/s and zeta 0-1
 # started at 0, 5, 10 and 15 s: wn 225, zeta 0. At 240 and above some starts fall over. The
@@ -24,6 +38,14 @@ from vrat_ros.rat_model import RatBody
 # destabilises the 50 Hz loop at higher gains.
 DEFAULT_PD_WN_RAD_S = 225.0
 DEFAULT_PD_ZETA = 0.0
+
+
+class ControllerError(VratError, ValueError):
+    """A controller cannot drive this body (no PD gains, a policy made for another body)."""
+
+
+def _is_position_robot(body) -> bool:
+    return isinstance(body, Robot) and body.command_interface == 'position'
 
 
 def observation_from_state(
@@ -71,11 +93,22 @@ class Controller:
 
 
 class ZeroController(Controller):
-    """Applies no torque: the passive body under gravity and contacts."""
+    """The zero action: no torque, or, on a position robot, the targets of its standing pose.
+
+    On the rat and on effort robots this is the passive body under gravity and contacts. A
+    position robot has no passive command (its sim zeroes the torque only without any
+    command); a position policy's zero action is its action_offset, the standing pose's
+    joint angles (`Robot.stand_targets`), so that is what 'zero' holds there.
+    """
 
     name = 'zero'
 
-    def torques(self, body: RatBody, t: float) -> np.ndarray:
+    def torques(self, body: RatBody | Robot, t: float) -> np.ndarray:
+        if _is_position_robot(body):
+            try:
+                return body.stand_targets()
+            except RobotSpecError as exc:
+                raise ControllerError(str(exc)) from None
         return np.zeros(body.nu)
 
 
@@ -149,11 +182,14 @@ class PDController(Controller):
     Uniform gains are unstable on this body because the inertias differ by orders of
     magnitude. The reference is taken `lead_s` ahead of the current time.
 
+    On a `vrat_ros.robots.Robot` it is the robot's own PD instead (see the module
+    docstring): `wn_rad_s`, `zeta` and `inertia_qpos` are not used there.
+
     Args:
         wn_rad_s: closed-loop natural frequency (rad/s).
         zeta: damping ratio.
         lead_s: how far ahead of the state the target is sampled (s); None uses one
-            control period (1 / CONTROL_RATE_HZ).
+            control period (1 / CONTROL_RATE_HZ for the rat, the robot file's for a robot).
         inertia_qpos: (nq,) pose at which the inertias are computed; None uses the clip's
             first frame.
     """
@@ -168,16 +204,48 @@ class PDController(Controller):
         self.wn_rad_s = float(wn_rad_s)
         self.zeta = float(zeta)
         self.lead_s = 1.0 / rc.CONTROL_RATE_HZ if lead_s is None else float(lead_s)
+        self._lead_given = lead_s is not None
+        self._robot = None  # on a Robot: {'lead_s', 'qpos_adr', 'dof_adr', 'kp', 'kd'}
         self._inertia_qpos = None if inertia_qpos is None else np.asarray(inertia_qpos)
         self.kp = None
         self.kd = None
 
-    def reset(self, body: RatBody, clip: Clip, t0: float) -> None:
+    def reset(self, body: RatBody | Robot, clip: Clip, t0: float) -> None:
         self._clip = clip
+        if isinstance(body, Robot):
+            self._reset_robot(body)
+            return
+        self._robot = None
         pose = clip.qpos[0] if self._inertia_qpos is None else self._inertia_qpos
         self.kin = ActuatorKinematics(body, pose)
         self.kp, self.kd = pd_gains(body, pose, self.wn_rad_s, self.zeta)
         self._gain = body.actuator_gain
+
+    def _reset_robot(self, robot: Robot) -> None:
+        spec = robot.spec
+        if np.any(robot.actuator_qposadr < 0):
+            raise ControllerError(f"the 'pd' controller needs one joint per actuator; robot "
+                                  f"'{spec.name}' has actuators on tendons or sites")
+        kp = kd = None
+        if spec.command_interface == 'effort':
+            try:
+                kp, kd = robot.pd_gains()
+            except RobotSpecError as exc:
+                raise ControllerError(f"the 'pd' controller on a robot that takes torques "
+                                      f'uses its PD gains: {exc}') from None
+        self._robot = {'lead_s': self.lead_s if self._lead_given else spec.control_dt,
+                       'qpos_adr': robot.actuator_qposadr, 'dof_adr': robot.actuator_dofadr,
+                       'kp': kp, 'kd': kd}
+
+    def _robot_command(self, robot: Robot, t: float) -> np.ndarray:
+        r = self._robot
+        target_t = t + r['lead_s']
+        ref = self._clip.sample(target_t)[r['qpos_adr']]
+        if r['kp'] is None:  # position: the reference angles are the targets
+            return ref
+        ref_vel = self._clip.velocity(target_t)[r['dof_adr']]
+        return (r['kp'] * (ref - robot.data.qpos[r['qpos_adr']])
+                + r['kd'] * (ref_vel - robot.data.qvel[r['dof_adr']]))
 
     def command(self, qpos: np.ndarray, qvel: np.ndarray, ref_qpos: np.ndarray,
                 ref_qvel: np.ndarray) -> np.ndarray:
@@ -186,7 +254,9 @@ class PDController(Controller):
         err_dot = self.kin.velocities(ref_qvel) - self.kin.velocities(qvel)
         return self.kp * err + self.kd * err_dot
 
-    def torques(self, body: RatBody, t: float) -> np.ndarray:
+    def torques(self, body: RatBody | Robot, t: float) -> np.ndarray:
+        if isinstance(body, Robot) and self._robot is not None:
+            return self._robot_command(body, t)
         if self.kp is None:
             raise RuntimeError('PDController.reset must be called before torques')
         target_t = t + self.lead_s
@@ -197,6 +267,10 @@ class PDController(Controller):
 
 class PolicyController(Controller):
     """Runs an inverse-dynamics policy: observation from the state and the next K frames.
+
+    The policy's joints and actuators are matched to the body's by name, never by order; its
+    command interface and root joint must be the body's (a robot's, or the rat's 'effort'
+    and 'root').
 
     Args:
         policy: path of a vrat ONNX policy, or any object with `torques(observation)` and
@@ -212,31 +286,53 @@ class PolicyController(Controller):
             policy = OnnxPolicy(policy)
         self.policy = policy
         self._joint_idx = None
+        self._actuator_order = None
 
-    def reset(self, body: RatBody, clip: Clip, t0: float) -> None:
+    def reset(self, body: RatBody | Robot, clip: Clip, t0: float) -> None:
         self._clip = clip
+        if isinstance(body, Robot):
+            what, interface, root = (f"robot '{body.spec.name}'", body.command_interface,
+                                     body.spec.root_joint)
+        else:
+            what, interface, root = 'the rat', rc.COMMAND_INTERFACE, rc.ROOT_JOINT
+        policy_interface = getattr(self.policy, 'command_interface', rc.COMMAND_INTERFACE)
+        if policy_interface != interface:
+            raise ControllerError(f'the policy gives {policy_interface} commands; {what} takes '
+                                  f'{interface} commands')
+        policy_root = getattr(self.policy, 'root_joint', rc.ROOT_JOINT)
+        if policy_root != root:
+            raise ControllerError(f"the policy's root joint is {policy_root!r}; {what}'s is "
+                                  f'{root!r}')
         index = {n: i for i, n in enumerate(body.hinge_names)}
         missing = [n for n in self.policy.joint_names if n not in index]
         if missing:
-            raise ValueError(f'policy joints missing from the body: {missing}')
+            raise ControllerError(f'policy joints missing from {what}: {missing}')
         self._joint_idx = np.array([index[n] for n in self.policy.joint_names])
         expected = observation_size(len(self._joint_idx), self.policy.reference_frames)
         size = getattr(self.policy, 'observation_size', expected)
         if size != expected:
-            raise ValueError(
+            raise ControllerError(
                 f'policy observation size {size} does not match {expected} for '
                 f'{len(self._joint_idx)} joints and {self.policy.reference_frames} frames')
-        actuators = getattr(self.policy, 'actuator_names', body.actuator_names)
-        if list(actuators) != list(body.actuator_names):
-            raise ValueError('policy actuator order differs from the body actuators')
+        actuators = list(getattr(self.policy, 'actuator_names', body.actuator_names))
+        if sorted(actuators) != sorted(body.actuator_names) or len(set(actuators)) != len(
+                actuators):
+            unknown = [n for n in actuators if n not in body.actuator_names]
+            lacking = [n for n in body.actuator_names if n not in actuators]
+            raise ControllerError(f'policy actuators differ from those of {what}: unknown '
+                                  f'{unknown[:5]}, missing {lacking[:5]}')
+        # Commands come in the policy's actuator order; the body takes its own.
+        order = [actuators.index(n) for n in body.actuator_names]
+        self._actuator_order = None if order == list(range(len(order))) else np.array(order)
 
-    def observation(self, body: RatBody, t: float) -> np.ndarray:
+    def observation(self, body: RatBody | Robot, t: float) -> np.ndarray:
         """Returns the observation for the body's current state at clip time t."""
         dt = self.policy.reference_dt
         window = self._clip.window(t + dt, self.policy.reference_frames, dt)
         return observation_from_state(body.data.qpos, body.data.qvel, window, self._joint_idx)
 
-    def torques(self, body: RatBody, t: float) -> np.ndarray:
+    def torques(self, body: RatBody | Robot, t: float) -> np.ndarray:
         if self._joint_idx is None:
             raise RuntimeError('PolicyController.reset must be called before torques')
-        return np.asarray(self.policy.torques(self.observation(body, t)), dtype=np.float64)
+        command = np.asarray(self.policy.torques(self.observation(body, t)), dtype=np.float64)
+        return command if self._actuator_order is None else command[self._actuator_order]

@@ -23,6 +23,15 @@ Metrics, per clip (its episodes) and overall (all episodes of all clips), per co
 The errors pool the tracked frames of all episodes (frame 0, the clip's own state, included),
 so a controller that falls early is scored on its few good frames: read them together with
 tracked_fraction.
+
+`--robot NAME` evaluates on another body (`vrat_ros.robots.Robot`, from config/robots or a
+YAML path) instead of the rat: its default clips are the robot file's held-out clips
+(`defaults.eval_clips`), its default policy `defaults.policy`, and the controllers are those
+of `vrat_ros.controllers` on a robot ('zero' on a position robot holds the standing pose).
+What changes in the metrics: the "tracked" test uses the robot file's limits; joint_rmse_rad
+runs over all its joints; body_pos_error_mm over its torso and feet (`Robot.tracked_body_ids`);
+and for a position robot action_change_rms is the RMS per-step change of the joint targets in
+rad (no force limit to normalise by). The settings of the report say so.
 """
 
 from __future__ import annotations
@@ -54,8 +63,12 @@ class EvalError(VratError):
 def make_controller(name: str, policy=None):
     """Returns a fresh controller by name, as `vrat run` and `vrat eval` build them.
 
+    The controllers work on the rat and on robots (see `vrat_ros.controllers`).
+
     Args:
-        name: 'policy', 'pd' (inertia-scaled PD with the default gains) or 'zero' (no torque).
+        name: 'policy', 'pd' (the rat: inertia-scaled PD with the default gains; a robot: the
+            reference angles as targets, or its file's PD gains on torques) or 'zero' (no
+            torque; a position robot: the targets of its standing pose).
         policy: for 'policy', an ONNX path or a loaded `OnnxPolicy`.
 
     Raises:
@@ -83,6 +96,7 @@ class EpisodeTask:
     controller: str
     policy_path: str | None
     start_frame: int
+    robot: str | None = None  # None: the rat (RatBody); else a robot name or YAML path
 
 
 # Per-process cache of bodies, clips and policies; emptied when a worker starts.
@@ -99,14 +113,43 @@ def _cached(key, make):
     return _CACHE[key]
 
 
+def _is_robot(body) -> bool:
+    from vrat_ros.robots import Robot
+    return isinstance(body, Robot)
+
+
+def eval_body_ids(body) -> list[int]:
+    """The bodies whose position error is scored.
+
+    EVAL_BODIES on the rat; a robot's torso and feet (`Robot.tracked_body_ids`).
+    """
+    if _is_robot(body):
+        return [int(i) for i in body.tracked_body_ids]
+    return [body.body_names.index(n) for n in EVAL_BODIES]
+
+
+def normalised_actions(body, commands) -> np.ndarray:
+    """(T', nu) actions whose step changes action_change_rms measures.
+
+    Torques: clip(torque / max force, -1, 1). A position robot's joint targets: the targets
+    themselves (rad), as it has no force limit on its command.
+    """
+    commands = np.asarray(commands, dtype=np.float64).reshape(-1, body.nu)
+    if _is_robot(body) and body.command_interface == 'position':
+        return commands
+    return np.clip(commands / body.actuator_gain, -1.0, 1.0)
+
+
 def episode_metrics(body, sim_qpos, ref_qpos, torques, n_available: int) -> dict:
     """Scores one episode on its tracked part; see the module docstring for the definitions.
 
     Args:
-        body: the `RatBody` (forward kinematics, names, force limits; its state is untouched).
+        body: the `RatBody` or a `Robot` (forward kinematics, names, limits; its state is
+            untouched).
         sim_qpos: (T, nq) simulated states, one per control step, initial state first.
         ref_qpos: (T, nq) reference states at the same times.
-        torques: (T', nu) torques requested from those states (N m), T' <= T.
+        torques: (T', nu) commands given from those states (N m, or joint targets for a
+            position robot), T' <= T.
         n_available: A, frames the episode could have had (>= T).
 
     Returns:
@@ -124,10 +167,8 @@ def episode_metrics(body, sim_qpos, ref_qpos, torques, n_available: int) -> dict
     n_tracked = sim.shape[0] if first is None else int(first)
     sim, ref = sim[:n_tracked], ref[:n_tracked]
     joints = 7 + body.tracked_hinge_idx
-    body_ids = [body.body_names.index(n) for n in EVAL_BODIES]
-    dist_mm = 1e3 * body_distances(body.model, sim, ref, body_ids)  # (L, bodies)
-    actions = np.clip(np.asarray(torques, dtype=np.float64).reshape(-1, body.nu)
-                      / body.actuator_gain, -1.0, 1.0)[:n_tracked]
+    dist_mm = 1e3 * body_distances(body.model, sim, ref, eval_body_ids(body))  # (L, bodies)
+    actions = normalised_actions(body, torques)[:n_tracked]
     change = np.diff(actions, axis=0)
     sums = {
         'joint_sq': float(np.sum((sim[:, joints] - ref[:, joints]) ** 2)),
@@ -193,9 +234,13 @@ def run_episode(task: EpisodeTask) -> dict:
     from vrat_ros.rat_model import RatBody
     from vrat_ros.rollout import run_inline
     clip = _cached(('clip', task.clip_path), lambda: Clip.load(task.clip_path))
-    body = _cached(('body', clip.body_scale), lambda: RatBody(scale=clip.body_scale))
+    if task.robot is not None:
+        from vrat_ros.robots import Robot
+        body = _cached(('robot', task.robot), lambda: Robot(task.robot))
+    else:
+        body = _cached(('body', clip.body_scale), lambda: RatBody(scale=clip.body_scale))
     if list(clip.joint_names) != list(body.hinge_names):
-        clip = _cached(('clip_ordered', task.clip_path),
+        clip = _cached(('clip_ordered', task.clip_path, task.robot),
                        lambda: clip.reorder_to(body.hinge_names))
     policy = None
     if task.controller == 'policy':
@@ -228,9 +273,53 @@ def _clip_key(name_or_path: str) -> str:
     return base[:-4] if base.endswith('.npz') else base
 
 
+def _robot_for_eval(robot: str | None):
+    """(Robot, the name or path the tasks carry), or (None, None) for the rat."""
+    if robot is None:
+        return None, None
+    from vrat_ros.robots import Robot
+    body = Robot(robot)
+    # Workers rebuild it: a file by its absolute path, a shipped robot by its name.
+    return body, os.path.abspath(robot) if os.path.isfile(robot) else str(robot)
+
+
+def _check_policy_fits(policy_path: str, body) -> None:
+    """Refuses, before any episode, a policy whose contract does not fit the robot."""
+    from vrat_ros.controllers import ControllerError
+    from vrat_ros.controllers import PolicyController
+    try:
+        PolicyController(policy_path).reset(body, None, 0.0)
+    except ControllerError as exc:
+        raise EvalError(f"policy '{policy_path}': {exc}") from None
+
+
+def _robot_settings(body) -> dict:
+    """The settings of a robot's report that differ from the rat's."""
+    from vrat_ros.tracking import tracking_limits
+    spec = body.spec
+    bodies = [body.body_names[i] for i in eval_body_ids(body)]
+    position = spec.command_interface == 'position'
+    return {
+        'control_rate_hz': spec.control_rate_hz,
+        'body_error_bodies': bodies,
+        'pd': ('the reference joint angles of the next control step as position targets '
+               "(the robot's PD loop at physics rate)" if position else
+               "kp (q_ref - q) + kd (qd_ref - qd) with the robot file's pd gains"),
+        'zero': ("the standing pose as position targets (a policy's zero action)"
+                 if position else 'no torque'),
+        'tracked_threshold': tracking_limits(body),
+        'definitions': {
+            'joint_rmse_rad': f'RMS angle error over all {len(body.joint_names)} joints',
+            'body_pos_error_mm': 'mean distance over ' + ', '.join(bodies),
+            'action_change_rms': ('RMS of the per-step change of the joint targets (rad)'
+                                  if position else 'RMS of the per-step change of the '
+                                  'normalised action clip(torque / max force, -1, 1)')},
+    }
+
+
 def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
              starts: int = DEFAULT_STARTS, workers: int = 1, progress: bool = False,
-             ray_address: str | None = None) -> dict:
+             ray_address: str | None = None, robot: str | None = None) -> dict:
     """Evaluates controllers on clips and returns the report (see the module docstring).
 
     Args:
@@ -243,6 +332,8 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
         ray_address: None for local processes, else a Ray address (see
             `vrat_ros.workers.map_ordered`); the numbers do not depend on it. Each node
             needs the clip and policy files at the same paths.
+        robot: None for the rat, else a robot name or YAML path (`vrat_ros.robots`); the
+            report then has a 'robot' entry and the robot's settings.
 
     Returns:
         {'clips', 'controllers', 'policy', 'overall', 'per_clip', 'episodes', 'settings',
@@ -268,12 +359,23 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
     for name in controllers:
         if name not in CONTROLLERS:
             raise EvalError(f"unknown controller '{name}'; known: {', '.join(CONTROLLERS)}")
+    body, task_robot = _robot_for_eval(robot)
+    rate_hz = rc.CONTROL_RATE_HZ if body is None else body.spec.control_rate_hz
+    body_name = 'rat' if body is None else body.spec.name
+    if body is not None and 'pd' in controllers:  # e.g. an effort robot without pd gains
+        from vrat_ros.controllers import ControllerError
+        try:
+            make_controller('pd').reset(body, None, 0.0)
+        except ControllerError as exc:
+            raise EvalError(f"controller 'pd': {exc}") from None
     policy_info = None
     if 'policy' in controllers:
         from vrat_ros.policy import read_contract
         if policy_path is None or not os.path.isfile(policy_path):
             raise EvalError(f"policy file '{policy_path}' does not exist")
         read_contract(policy_path)  # refuses a file that is not a vrat policy
+        if body is not None:
+            _check_policy_fits(policy_path, body)
         policy_info = {'path': os.path.abspath(policy_path), 'sha256': file_sha256(policy_path)}
 
     clip_entries, tasks = [], []
@@ -282,6 +384,16 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
         if not os.path.exists(path):
             raise EvalError(f"clip file '{name}' does not exist (see `vrat clips`)")
         clip = Clip.load(path)
+        made_for = clip.meta.get('robot') if isinstance(clip.meta, dict) else None
+        if made_for is not None and made_for != body_name:
+            raise EvalError(f"clip '{name}' was made for robot '{made_for}', not for "
+                            f"'{body_name}'" + (' (give --robot)' if body is None else ''))
+        if body is not None:
+            from vrat_ros.errors import ClipError
+            try:
+                clip.reorder_to(body.hinge_names)  # every joint of the robot, by name
+            except ClipError as exc:
+                raise EvalError(f"clip '{name}' does not fit robot '{body_name}': {exc}") from None
         key = _clip_key(name)
         if key in {c['name'] for c in clip_entries}:
             raise EvalError(f"clip '{key}' is given twice")
@@ -289,7 +401,7 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
             frames = start_frames(clip.n_frames, int(starts))
         except EvalError as exc:
             raise EvalError(f"clip '{key}': {exc}") from None
-        if clip.duration_s - frames[-1] / clip.fps < 1.0 / rc.CONTROL_RATE_HZ - 1e-9:
+        if clip.duration_s - frames[-1] / clip.fps < 1.0 / rate_hz - 1e-9:
             raise EvalError(f"clip '{key}': its last start leaves less than one control step")
         clip_entries.append({
             'name': key, 'path': os.path.abspath(path), 'sha256': file_sha256(path),
@@ -299,7 +411,7 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
             for frame in frames:
                 tasks.append(EpisodeTask(
                     os.path.abspath(path), controller,
-                    policy_info['path'] if controller == 'policy' else None, frame))
+                    policy_info['path'] if controller == 'policy' else None, frame, task_robot))
 
     bar = None
     if progress:
@@ -333,7 +445,7 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
     per_clip = {c: {k: aggregate(grouped[(c, k)]) for k in controllers} for c in clip_names}
     overall = {k: aggregate([r for c in clip_names for r in grouped[(c, k)]])
                for k in controllers}
-    return {
+    report = {
         'clips': clip_entries,
         'controllers': controllers,
         'policy': policy_info,
@@ -363,6 +475,13 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
         'run': {'workers': used, 'episodes': len(tasks), 'wall_s': round(wall, 2)},
         'series': series,
     }
+    if body is not None:
+        robot_settings = _robot_settings(body)
+        report['settings']['definitions'].update(robot_settings.pop('definitions'))
+        report['settings'].update(robot_settings)
+        report['robot'] = {'name': body.spec.name, 'file': os.path.abspath(body.spec.path),
+                           'command_interface': body.spec.command_interface}
+    return report
 
 
 def _fmt(value, digits: int) -> str:
@@ -388,24 +507,36 @@ def format_table(report: dict) -> str:
 def format_markdown(report: dict) -> str:
     """Returns the table with a line on what was run and how the errors are counted."""
     policy = report['policy']
-    who = (f"policy `{os.path.basename(policy['path'])}` (sha256 {policy['sha256'][:12]}), "
-           if policy else '')
+    robot = f"robot {report['robot']['name']}, " if report.get('robot') else ''
+    who = robot + (f"policy `{os.path.basename(policy['path'])}` (sha256 "
+                   f"{policy['sha256'][:12]}), " if policy else '')
     return (format_table(report) + '\n\n'
             f"{who}{report['settings']['starts']} starts per clip, "
             f"{report['run']['episodes']} episodes in {report['run']['wall_s']:.0f} s on "
             f"{report['run']['workers']} worker(s). Errors over the tracked part of each "
-            'episode; body error over ' + ', '.join(EVAL_BODIES) + '.\n')
+            'episode; body error over ' + ', '.join(report['settings']['body_error_bodies'])
+            + '.\n')
 
 
-def plot_error_over_time(series: dict, out: str, controllers: list[str]) -> str:
+def plot_error_over_time(series: dict, out: str, controllers: list[str],
+                         control_rate_hz: float | None = None,
+                         bodies: list[str] | None = None) -> str:
     """Writes a PNG of body error (mm) against clip time and returns `out`.
 
     One panel per clip, one colour per controller, one line per episode (its tracked part);
     an x marks the last tracked frame of an episode that lost tracking.
+
+    Args:
+        series: {clip: {controller: [(start time, (L,) errors, failed)]}} from `run_eval`.
+        out: the PNG file.
+        controllers: their order (colours).
+        control_rate_hz: the rate of the error samples (default: the rat's).
+        bodies: the bodies averaged, for the title (default: the rat's EVAL_BODIES).
     """
     from matplotlib.figure import Figure
     from vrat_ros.clip import atomic_write
     from vrat_ros.rat_constants import CONTROL_RATE_HZ
+    rate_hz = CONTROL_RATE_HZ if control_rate_hz is None else float(control_rate_hz)
     clips = list(series)
     fig = Figure(figsize=(10, 3.2 * len(clips) + 0.6), layout='constrained')
     axes = np.atleast_1d(fig.subplots(len(clips), 1, squeeze=False)[:, 0])
@@ -415,7 +546,7 @@ def plot_error_over_time(series: dict, out: str, controllers: list[str]) -> str:
             for j, (t0, err, failed) in enumerate(series[clip_name].get(name, [])):
                 if len(err) == 0:
                     continue
-                t = t0 + np.arange(len(err)) / CONTROL_RATE_HZ
+                t = t0 + np.arange(len(err)) / rate_hz
                 ax.plot(t, err, color=color, lw=1.0, label=name if j == 0 else None)
                 if failed:
                     ax.plot(t[-1], err[-1], 'x', color=color, ms=6)
@@ -424,8 +555,9 @@ def plot_error_over_time(series: dict, out: str, controllers: list[str]) -> str:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[-1].set_xlabel('clip time (s)')
-    fig.suptitle('Body position error (hands, feet, skull, torso) while tracked; '
-                 'x: tracking lost')
+    fig.suptitle('Body position error ('
+                 + ('hands, feet, skull, torso' if bodies is None else ', '.join(bodies))
+                 + ') while tracked; x: tracking lost')
 
     def write(tmp):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -489,8 +621,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from vrat_ros.clip import atomic_write
     from vrat_ros.workers import default_workers
     from vrat_ros.workers import ray_cluster_cpus
-    clips = args.clips or list(resources.HELD_OUT_CLIPS)
-    policy_path = args.policy or resources.default_policy_path()
+    from vrat_ros.robots import is_rat
+    from vrat_ros.robots import load_robot_spec
+    robot = None if args.robot is None or is_rat(args.robot) else args.robot
+    if robot is None:
+        clips = args.clips or list(resources.HELD_OUT_CLIPS)
+        policy_path = args.policy or resources.default_policy_path()
+    else:
+        spec = load_robot_spec(robot)
+        clips = args.clips or resources.robot_eval_clips(spec)
+        if not clips:
+            raise EvalError(f"robot '{spec.name}' names no held-out clips (defaults.eval_clips "
+                            f"in '{spec.path}'); give --clips")
+        policy_path = args.policy
+        if 'policy' in args.controller:
+            policy_path = resources.robot_policy_path(
+                spec, args.policy, hint=', or leave it out: --controller pd zero')
     report_path, md_path, plot_path = output_paths(args.report, args.plot)
     for path in (report_path, md_path, plot_path):
         _check_output_path(path)
@@ -502,7 +648,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             ray_cluster_cpus(args.ray_address)
     report = run_eval(clips, args.controller, policy_path, starts=args.starts,
                       workers=workers, progress=not args.no_progress,
-                      ray_address=args.ray_address)
+                      ray_address=args.ray_address, robot=robot)
     series = report.pop('series')
     markdown = format_markdown(report)
     print(markdown, end='')
@@ -516,8 +662,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         atomic_write(md_path, write_md)
         _write_json_atomic(report_path, report)
     if plot_path is not None:
+        settings = report['settings']
+        robot_plot = {} if robot is None else {
+            'control_rate_hz': settings['control_rate_hz'],
+            'bodies': settings['body_error_bodies']}
         report['plot'] = os.path.abspath(
-            plot_error_over_time(series, plot_path, report['controllers']))
+            plot_error_over_time(series, plot_path, report['controllers'], **robot_plot))
         if report_path is not None:
             _write_json_atomic(report_path, report)  # now naming the plot
     return 0
@@ -529,12 +679,18 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         'eval', help='Run each controller on each clip (default: the held-out clips) from '
                      'several start frames; print a markdown table of tracking metrics and '
                      'optionally write a JSON report and an error-over-time plot.')
+    p.add_argument('--robot', metavar='NAME_OR_YAML',
+                   help='The body: a robot name in config/robots (e.g. quadruped) or a robot '
+                        "YAML path (default: the rat); its file's defaults give the clips "
+                        'and the policy.')
     p.add_argument('--clips', nargs='+', metavar='CLIP',
                    help='Clip names from vrat clips or .npz paths (default: the held-out '
-                        'split, never used for training).')
+                        "split, never used for training; for --robot, the robot file's "
+                        'defaults.eval_clips).')
     p.add_argument('--controller', nargs='+', choices=CONTROLLERS, default=list(CONTROLLERS),
                    help='Controllers to evaluate (default: all three).')
-    p.add_argument('--policy', help='ONNX policy; default: the shipped policy.')
+    p.add_argument('--policy', help="ONNX policy; default: the shipped policy (for --robot, "
+                                    "the robot file's defaults.policy).")
     p.add_argument('--starts', type=int, default=DEFAULT_STARTS,
                    help=f'Start frames per clip, spread evenly (default {DEFAULT_STARTS}).')
     p.add_argument('--workers', type=int,

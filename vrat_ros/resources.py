@@ -1,4 +1,8 @@
-"""Paths of the files shipped inside the vrat_ros package (default clip, policy, marker sets)."""
+"""Paths of the files shipped inside the vrat_ros package (default clip, policy, marker sets).
+
+The rat's defaults are the constants below; other robots name theirs in their robot file
+(`defaults`, see vrat_ros/robots.py), resolved by the `robot_*` functions at the end.
+"""
 
 import importlib.resources
 
@@ -55,3 +59,65 @@ def resolve_clip_path(name_or_path: str) -> str:
 def default_policy_path() -> str:
     """The shipped inverse-dynamics policy (ONNX with a vrat contract)."""
     return data_path('policies', DEFAULT_POLICY)
+
+
+def defaults_file(value: str) -> str:
+    """A path from a robot file's `defaults`: absolute as given, else under vrat_ros/data/."""
+    import os
+    path = os.path.expanduser(str(value))
+    return path if os.path.isabs(path) else data_path(*path.split('/'))
+
+
+def robot_default_clip(spec, value: str | None = None) -> str | None:
+    """The path of a robot's default clip (`defaults.clip`), or of `value` from its defaults.
+
+    A value is a path under vrat_ros/data/ (or absolute) or a clip name that `vrat clips`
+    lists; None when the robot file names no clip.
+    """
+    import os
+    value = spec.default_clip if value is None else value
+    if value is None:
+        return None
+    path = defaults_file(value)
+    return path if os.path.exists(path) else resolve_clip_path(str(value))
+
+
+def robot_default_policy(spec) -> str | None:
+    """The path of a robot's default policy (`defaults.policy`; it may not exist), or None."""
+    return None if spec.default_policy is None else defaults_file(spec.default_policy)
+
+
+def robot_eval_clips(spec) -> list[str]:
+    """The paths of a robot's held-out clips (`defaults.eval_clips`), as `vrat eval` takes."""
+    return [robot_default_clip(spec, value) for value in spec.eval_clips]
+
+
+def robot_policy_path(spec, given: str | None = None, hint: str = '') -> str:
+    """The policy to run on a robot: `given`, else its `defaults.policy`; the file must exist.
+
+    Args:
+        spec: the robot's `vrat_ros.robots.RobotSpec`.
+        given: a policy path the user gave (--policy), or None.
+        hint: more ways out, appended to the message of a missing default policy.
+
+    Raises:
+        PolicyLoadError: (one line) the file is missing, or the robot names no default; the
+            message says how to make one (`vrat train --robot NAME`).
+    """
+    import os
+    from vrat_ros.errors import PolicyLoadError
+    if given is not None:
+        if not os.path.isfile(given):
+            raise PolicyLoadError(f"policy file '{given}' does not exist")
+        return given
+    path = robot_default_policy(spec)
+    train = f'`vrat train --robot {spec.name}`'
+    if path is None:
+        raise PolicyLoadError(f"robot '{spec.name}' names no default policy (defaults.policy "
+                              f"in '{spec.path}'); give --policy FILE, e.g. a policy.onnx "
+                              f'made by {train}{hint}')
+    if not os.path.isfile(path):
+        raise PolicyLoadError(f"robot '{spec.name}' has no trained policy yet: '{path}' does "
+                              f'not exist; make one with {train} and copy its policy.onnx '
+                              f'there, or give --policy FILE{hint}')
+    return path

@@ -29,6 +29,10 @@ A robot file (config/robots/NAME.yaml, or any YAML file given by path) says:
                      which rat keypoints drive what, and the pose retargeted clips stand and
                      step in (default: `stand`)
   marker_set         optional: a marker set (name or YAML path) whose bodies must exist
+  defaults           optional {clip, policy, eval_clips}: what `vrat run --robot` and `vrat eval
+                     --robot` use when no clip or policy is given. Each is a path relative to
+                     vrat_ros's data folder (or absolute), and clips may also be names that
+                     `vrat clips` lists (`vrat_ros.resources.robot_defaults` resolves them)
 
 `load_robot(name_or_path)` checks the file, builds the model and checks every name in it
 against the model; every problem is one line naming the file, the field and the bad value.
@@ -57,7 +61,8 @@ _REMOVE_KINDS = ('bodies', 'geoms', 'sites', 'lights', 'cameras', 'sensors', 'te
                  'equalities', 'actuators')
 _TOP_KEYS = ('name', 'mjcf', 'build', 'root', 'joints', 'actuation', 'command_interface', 'pd',
              'timing', 'torso', 'tracking', 'stand', 'feet', 'retarget', 'marker_set',
-             'description')
+             'description', 'defaults')
+_DEFAULTS_KEYS = ('clip', 'policy', 'eval_clips')
 _REQUIRED_KEYS = ('name', 'mjcf', 'root', 'actuation', 'command_interface', 'timing', 'torso')
 
 
@@ -115,6 +120,22 @@ def robot_path(name_or_path: str | os.PathLike) -> str:
     raise RobotSpecError(
         f"robot '{text}' is neither a robot file nor a known robot name: expected a YAML path "
         f'or one of {robot_names()}')
+
+
+def is_rat(name_or_path: str | os.PathLike) -> bool:
+    """Whether a robot name or path is the rat's own robot file (what `robot_path('rat')` finds).
+
+    The CLI runs the rat with `vrat_ros.rat_model.RatBody` and its inertia-scaled PD, any other
+    robot with `Robot`.
+
+    Raises:
+        RobotSpecError: it is neither a robot file nor a known robot name.
+    """
+    path = robot_path(name_or_path)
+    try:
+        return os.path.realpath(path) == os.path.realpath(robot_path('rat'))
+    except RobotSpecError:  # no rat file installed: nothing is the rat's file
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +198,9 @@ class RobotSpec:
     marker_set: str | None
     description: str = ''
     retarget_stand: dict | None = None  # None: retargeting uses `stand`
+    default_clip: str | None = None  # `defaults.clip`, as written in the file
+    default_policy: str | None = None  # `defaults.policy`, as written in the file
+    eval_clips: list[str] = dataclasses.field(default_factory=list)  # `defaults.eval_clips`
 
     @property
     def n_substeps(self) -> int:
@@ -413,6 +437,19 @@ def parse_robot_spec(data: dict, path: str) -> RobotSpec:
         if not limbs:
             raise _fail(path, 'retarget.limbs', 'should name at least one limb')
 
+    defaults = _mapping(data.get('defaults'), path, 'defaults')
+    unknown = sorted(set(defaults) - set(_DEFAULTS_KEYS))
+    if unknown:
+        raise _fail(path, 'defaults', f'unknown fields {unknown}; known: {list(_DEFAULTS_KEYS)}')
+    for key in ('clip', 'policy'):
+        if defaults.get(key) is not None and not (isinstance(defaults[key], str)
+                                                  and defaults[key]):
+            raise _fail(path, f'defaults.{key}', f'should be a file or clip name, got '
+                                                 f'{defaults[key]!r}')
+    eval_clips = ([] if defaults.get('eval_clips') is None else
+                  _name_list(defaults['eval_clips'], path, 'defaults.eval_clips',
+                             allow_all=False))
+
     name = data['name']
     if not isinstance(name, str) or not name:
         raise _fail(path, 'name', f'should be a non-empty string, got {name!r}')
@@ -426,7 +463,8 @@ def parse_robot_spec(data: dict, path: str) -> RobotSpec:
         track_root_dist_m=root_dist, track_joint_sq_err_rad2=joint_err,
         stand=stand, feet=feet, trunk=dict(trunk), limbs=limbs,
         marker_set=data.get('marker_set'), description=str(data.get('description', '')),
-        retarget_stand=retarget_stand)
+        retarget_stand=retarget_stand, default_clip=defaults.get('clip'),
+        default_policy=defaults.get('policy'), eval_clips=list(eval_clips))
 
 
 def load_robot_spec(name_or_path: str | os.PathLike) -> RobotSpec:
@@ -692,6 +730,18 @@ class Robot:
 
     qpos layout: [0:7] the free root (position, quaternion w, x, y, z), then one value per
     joint in `joint_names` order (the order clips use).
+
+    It has the members of `vrat_ros.rat_model.RatBody` that the inline rollout, the
+    controllers and the tracking metrics read (`nq`, `nv`, `nu`, `time`, `reset`,
+    `state_is_finite`, `hinge_names`, `tracked_hinge_idx`, `tracked_body_ids`, `torso_id`,
+    `actuator_gain`), so those run on any robot. What differs from the rat:
+      tracked_hinge_idx  every joint (the rat leaves its tail out).
+      tracked_body_ids   the torso and the bodies that hold the feet (sites or bodies named in
+                         `feet`): the points that say where the robot is and where it stands.
+                         The rat tracks every body but its tail; a robot's other bodies are
+                         mostly links between those and add little.
+      track_*            the "tracked" limits of the robot file (`tracking`, and the torso's
+                         `healthy_z_range`) instead of the rat's constants.
     """
 
     def __init__(self, name_or_path: str | os.PathLike | None = None, *,
@@ -712,6 +762,24 @@ class Robot:
                                   m.actuator_forcerange[:, 1] * gear, np.inf)
         self.torso_id = self.body_names.index(spec.torso_body)
         self.n_substeps = spec.n_substeps
+        # The joint each actuator drives (index into joint_names; -1 for an actuator on a
+        # tendon or site), and that joint's qpos and dof addresses (-1 likewise).
+        on_joint = m.actuator_trntype == mujoco.mjtTrn.mjTRN_JOINT
+        jids = np.where(on_joint, m.actuator_trnid[:, 0], 0)  # 0 (the root): not a joint's
+        self.actuator_joint_idx = np.where(on_joint & (jids > 0), jids - 1, -1).astype(int)
+        self.actuator_qposadr = np.where(self.actuator_joint_idx >= 0,
+                                         m.jnt_qposadr[jids], -1).astype(int)
+        self.actuator_dofadr = np.where(self.actuator_joint_idx >= 0,
+                                        m.jnt_dofadr[jids], -1).astype(int)
+        self.tracked_hinge_idx = np.arange(len(self.joint_names))
+        feet = []
+        for foot in spec.feet:
+            feet.append(int(m.site_bodyid[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE,
+                                                            foot.site)])
+                        if foot.site is not None else
+                        mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, foot.body))
+        self.tracked_body_ids = np.array(list(dict.fromkeys([self.torso_id] + feet)))
+        self._stand = None
         self._target = None
         if spec.command_interface == 'position':
             jids = m.actuator_trnid[:, 0]
@@ -727,8 +795,38 @@ class Robot:
         return self.model.nq
 
     @property
+    def nv(self) -> int:
+        return self.model.nv
+
+    @property
     def nu(self) -> int:
         return self.model.nu
+
+    @property
+    def time(self) -> float:
+        """The simulation time (s)."""
+        return float(self.data.time)
+
+    @property
+    def track_root_dist_m(self) -> float:
+        """A frame fails when the root is farther than this from the reference's (m)."""
+        return self.spec.track_root_dist_m
+
+    @property
+    def track_joint_sq_err_rad2(self) -> float:
+        """A frame fails when the summed squared joint error is above this (rad^2)."""
+        return self.spec.track_joint_sq_err_rad2
+
+    @property
+    def track_torso_z_range_m(self) -> tuple[float, float]:
+        """A frame fails when the torso's height is outside this range (m)."""
+        return self.spec.healthy_z_range
+
+    @property
+    def actuated_hinge_idx(self) -> np.ndarray:
+        """Indices (into `joint_names`) of the joints with an actuator of their own, sorted."""
+        return np.array(sorted(set(int(i) for i in self.actuator_joint_idx if i >= 0)),
+                        dtype=int)
 
     @property
     def hinge_names(self) -> list[str]:
@@ -794,20 +892,64 @@ class Robot:
         qpos[2] = -lowest
         return qpos
 
+    def pd_gains(self) -> tuple[np.ndarray, np.ndarray]:
+        """The robot file's PD gains per actuator (kp in N m/rad, kd in N m s/rad).
+
+        Raises:
+            RobotSpecError: the file has no `pd` gains, lacks one for an actuated joint, or an
+                actuator drives a tendon or site rather than one joint.
+        """
+        spec = self.spec
+        if spec.kp is None or spec.kd is None:
+            raise RobotSpecError(f"'{spec.path}': pd: robot '{spec.name}' has no PD gains; add "
+                                 'pd: {kp, kd} (scalars or {joint: value})')
+        if np.any(self.actuator_joint_idx < 0):
+            raise RobotSpecError(f"'{spec.path}': robot '{spec.name}': PD gains need one joint "
+                                 'per actuator; some actuators drive tendons or sites')
+        joints = [self.joint_names[i] for i in self.actuator_joint_idx]
+        return (np.array([_per_joint(spec.kp, j, spec.path, 'pd.kp') for j in joints]),
+                np.array([_per_joint(spec.kd, j, spec.path, 'pd.kd') for j in joints]))
+
+    def stand_targets(self) -> np.ndarray:
+        """The standing pose at the actuated joints (actuator order): the targets that hold it.
+
+        For a position robot this is the command of a policy's zero action (trained position
+        policies take `action_offset` = these values).
+
+        Raises:
+            RobotSpecError: an actuator drives a tendon or site, not one joint.
+        """
+        if np.any(self.actuator_qposadr < 0):
+            raise RobotSpecError(f"robot '{self.spec.name}': joint targets need one joint per "
+                                 'actuator; some actuators drive tendons or sites')
+        if self._stand is None:
+            self._stand = self.stand_qpos()
+        return self._stand[self.actuator_qposadr].copy()
+
     def retarget_stand_qpos(self) -> np.ndarray:
         """The pose retargeted clips stand and step in: `retarget.stand`, else `stand`."""
         return self.stand_qpos(self.spec.retarget_stand)
 
-    def reset(self, qpos: npt.ArrayLike | None = None, qvel: npt.ArrayLike | None = None
-              ) -> None:
-        """Sets the state (default: the standing pose at rest) and recomputes kinematics."""
+    def reset(self, qpos: npt.ArrayLike | None = None, qvel: npt.ArrayLike | None = None,
+              time: float = 0.0) -> None:
+        """Sets the state and recomputes kinematics; no command afterwards.
+
+        Args:
+            qpos: (nq,) generalised positions; default: the standing pose.
+            qvel: (nv,) generalised velocities; default: zero.
+            time: simulation time (s).
+        """
         mujoco.mj_resetData(self.model, self.data)
         qpos = self.stand_qpos() if qpos is None else np.asarray(qpos, dtype=np.float64)
         if qpos.shape != (self.nq,):
             raise ValueError(f'qpos should have shape ({self.nq},): got {qpos.shape}')
         self.data.qpos[:] = qpos
         if qvel is not None:
+            qvel = np.asarray(qvel, dtype=np.float64)
+            if qvel.shape != (self.nv,):
+                raise ValueError(f'qvel should have shape ({self.nv},): got {qvel.shape}')
             self.data.qvel[:] = qvel
+        self.data.time = float(time)
         self._target = None
         self.data.ctrl[:] = 0.0
         mujoco.mj_forward(self.model, self.data)
@@ -835,6 +977,10 @@ class Robot:
         ctrl = command / self.actuator_gain
         self.data.ctrl[:] = np.clip(ctrl, -1.0, 1.0)
         return int(np.count_nonzero(np.abs(ctrl) > 1.0))
+
+    def state_is_finite(self) -> bool:
+        """Whether qpos and qvel hold only finite values."""
+        return bool(np.all(np.isfinite(self.data.qpos)) and np.all(np.isfinite(self.data.qvel)))
 
     def _apply_pd(self) -> np.ndarray:
         """Sets ctrl from the PD law; returns which actuators hit their torque limit."""

@@ -1,7 +1,10 @@
-"""Inline rollouts: a controller drives the simulated rat along a clip, without ROS.
+"""Inline rollouts: a controller drives the simulated rat (or a robot) along a clip, without ROS.
 
 This is the same physics and the same controller code the nodes use, called in one loop,
-so its numbers are the reference the ROS pipeline is compared against.
+so its numbers are the reference the ROS pipeline is compared against. The body is the rat's
+`RatBody` or any `vrat_ros.robots.Robot`; a robot's commands go through its command
+interface exactly as in its sim node (`Robot.set_command`, then `Robot.step`, which closes a
+position robot's PD loop at every physics step).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from vrat_ros import rat_constants as rc
 from vrat_ros.clip import Clip
 from vrat_ros.controllers import Controller
 from vrat_ros.rat_model import RatBody
+from vrat_ros.robots import Robot
 from vrat_ros.tracking import tracking_metrics
 
 
@@ -28,8 +32,11 @@ class RolloutResult:
         times: (T,) clip times of the recorded states (s).
         qpos: (T, nq) simulated poses.
         ref_qpos: (T, nq) reference poses at `times`.
-        torques: (T - 1, nu) torques requested by the controller (N m, before clamping).
-        n_saturated: actuator-steps whose torque was clamped to the force limit.
+        torques: (T - 1, nu) commands of the controller: torques (N m, before clamping), or
+            joint targets (rad, m) for a robot with the 'position' interface.
+        n_saturated: actuator-steps whose torque was clamped to the force limit (for a
+            position robot: actuators its PD law clamped in at least one physics step of a
+            control step, counted per control step, as the sim node counts them).
         wall_time_s: wall-clock time of the loop (s).
         n_steps_planned: control steps the run was asked for.
         diverged: the state became non-finite or MuJoCo flagged unstable accelerations,
@@ -76,28 +83,49 @@ def _unstable(data: mujoco.MjData) -> bool:
     return data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > 0
 
 
+def default_control_rate_hz(body: RatBody | Robot) -> float:
+    """The body's control rate (Hz): a robot file's `timing`, else the rat's constant."""
+    if isinstance(body, Robot):
+        return float(body.spec.control_rate_hz)
+    return rc.CONTROL_RATE_HZ
+
+
+def _apply(body: RatBody | Robot, command: np.ndarray, n_sub: int) -> int:
+    """Applies one command for `n_sub` physics steps; returns the saturation count."""
+    if isinstance(body, Robot):
+        clamped = body.set_command(command)  # torques: clamped here; targets: by the PD law
+        return clamped + body.step(n_sub)
+    clamped = body.set_ctrl_from_torque(command)
+    body.step(n_sub)
+    return clamped
+
+
 def run_inline(
-    body: RatBody,
+    body: RatBody | Robot,
     clip: Clip,
     controller: Controller,
     seconds: float | None = None,
     start_time_s: float = 0.0,
-    control_rate_hz: float = rc.CONTROL_RATE_HZ,
+    control_rate_hz: float | None = None,
     progress: bool = False,
 ) -> RolloutResult:
     """Runs `controller` on `body` along `clip` and scores the result.
 
     The body starts at the clip's state at `start_time_s` (qpos from `clip.sample`, qvel
-    from `clip.velocity`). Each control step asks the controller for torques, applies them
-    (clamped to the force limits) and advances the physics by 1 / control_rate_hz.
+    from `clip.velocity`). Each control step asks the controller for a command, applies it
+    and advances the physics by 1 / control_rate_hz: the rat's torques (and an effort
+    robot's) are clamped to the force limits; a position robot's joint targets go through
+    its PD law before every physics step.
 
     Args:
-        body: the rat; it is reset, and holds the final state afterwards.
-        clip: the reference; its joints must be in the body's hinge order.
+        body: the rat (`RatBody`) or a `vrat_ros.robots.Robot`; it is reset, and holds the
+            final state afterwards.
+        clip: the reference; its joints are matched to the body's by name.
         controller: any `Controller`.
         seconds: how long to run (s); None runs to the end of the clip.
         start_time_s: clip time of the first state (s).
-        control_rate_hz: control rate; the physics timestep must divide its period.
+        control_rate_hz: control rate; the physics timestep must divide its period. None:
+            the body's (`default_control_rate_hz`: 50 Hz for the rat).
         progress: show a tqdm bar.
 
     Returns:
@@ -107,6 +135,8 @@ def run_inline(
         ValueError: bad times or rate.
         ClipError: the clip lacks joints of the body.
     """
+    if control_rate_hz is None:
+        control_rate_hz = default_control_rate_hz(body)
     if list(clip.joint_names) != list(body.hinge_names):
         clip = clip.reorder_to(body.hinge_names)  # joints matched by name; ClipError if missing
     if not 0.0 <= start_time_s < clip.duration_s:
@@ -143,8 +173,7 @@ def run_inline(
             diverged_at = k
             break
         torques.append(tau)
-        n_saturated += body.set_ctrl_from_torque(tau)
-        body.step(n_sub)
+        n_saturated += _apply(body, tau, n_sub)
         if _unstable(body.data) or not body.state_is_finite():
             diverged_at = k
             break

@@ -1,7 +1,10 @@
 """Tracking metrics: how closely a simulated trajectory follows its reference.
 
-Both trajectories are sampled once per control step. The tail is left out everywhere: the
-reference fits keep it straight, so it carries no information about the animal.
+Both trajectories are sampled once per control step. The body (a `RatBody` or a
+`vrat_ros.robots.Robot`) says which joints and bodies count (`tracked_hinge_idx`,
+`tracked_body_ids`) and, for a robot, its own "tracked" limits (`tracking_limits`). The
+rat's tail is left out everywhere: the reference fits keep it straight, so it carries no
+information about the animal.
 """
 
 from __future__ import annotations
@@ -53,11 +56,38 @@ def tracking_failure(
     return None
 
 
-def directly_actuated_hinges(body: RatBody) -> np.ndarray:
-    """Returns indices (into the hinges) of non-tail hinges that have a motor of their own.
+def tracking_limits(body) -> dict:
+    """The limits of the "tracked" test for a body, as reports show them.
 
-    The other non-tail hinges (spine and neck) move only through fixed tendons that share
-    one motor among several joints, so their individual angles are not controllable.
+    A robot (`vrat_ros.robots.Robot`) has its own (`track_*`, from its robot file); a body
+    without them (the rat's `RatBody`) gets the rat's constants.
+
+    Returns:
+        {'root_dist_m', 'joint_sq_err_rad2', 'torso_z_range_m': [lo, hi]}.
+    """
+    return {
+        'root_dist_m': float(getattr(body, 'track_root_dist_m', rc.TRACK_ROOT_DIST_M)),
+        'joint_sq_err_rad2': float(getattr(body, 'track_joint_sq_err_rad2',
+                                           rc.TRACK_JOINT_SQ_ERR_RAD2)),
+        'torso_z_range_m': [float(v) for v in getattr(body, 'track_torso_z_range_m',
+                                                      rc.TRACK_TORSO_Z_RANGE_M)],
+    }
+
+
+def _failure(body, root_dist_m: float, joint_sq_err_rad2: float, torso_z_m: float) -> str | None:
+    """`tracking_failure` with the body's own limits (the rat's constants for the rat)."""
+    if not hasattr(body, 'track_root_dist_m'):  # the rat: exactly the constants' defaults
+        return tracking_failure(root_dist_m, joint_sq_err_rad2, torso_z_m)
+    return tracking_failure(root_dist_m, joint_sq_err_rad2, torso_z_m, body.track_root_dist_m,
+                            body.track_joint_sq_err_rad2, tuple(body.track_torso_z_range_m))
+
+
+def directly_actuated_hinges(body: RatBody) -> np.ndarray:
+    """Returns indices (into the hinges) of tracked hinges that have a motor of their own.
+
+    On the rat, the other non-tail hinges (spine and neck) move only through fixed tendons
+    that share one motor among several joints, so their individual angles are not
+    controllable. On a robot they are its passive joints (e.g. the quadruped's ankles).
     """
     model = body.model
     joint_ids = [int(model.actuator_trnid[a, 0]) for a in range(model.nu)
@@ -90,7 +120,8 @@ def frame_failure(body: RatBody, sim_qpos: npt.ArrayLike, ref_qpos: npt.ArrayLik
     """Checks one simulated pose against its reference pose.
 
     Args:
-        body: the rat (its model gives the forward kinematics; its state is not touched).
+        body: the rat or a robot (its model gives the forward kinematics, its limits the
+            test; its state is not touched).
         sim_qpos: (nq,) simulated pose.
         ref_qpos: (nq,) reference pose at the same time.
 
@@ -103,8 +134,8 @@ def frame_failure(body: RatBody, sim_qpos: npt.ArrayLike, ref_qpos: npt.ArrayLik
         return REASON_NON_FINITE
     joints = 7 + body.tracked_hinge_idx
     torso_z = forward_positions(body.model, sim)[0, body.torso_id, 2]
-    return tracking_failure(
-        float(np.linalg.norm(sim[0, :3] - ref[0, :3])),
+    return _failure(
+        body, float(np.linalg.norm(sim[0, :3] - ref[0, :3])),
         float(np.sum((sim[0, joints] - ref[0, joints]) ** 2)),
         float(torso_z))
 
@@ -121,7 +152,8 @@ def tracking_metrics(
     failure; `tracked_fraction` is the share of frames before the first failure.
 
     Args:
-        body: the rat whose model gives the forward kinematics (its state is not touched).
+        body: the rat or a robot whose model gives the forward kinematics and whose limits
+            decide "tracked" (`tracking_limits`; its state is not touched).
         sim_qpos: (T, nq) simulated poses, one per control step.
         ref_qpos: (T, nq) reference poses at the same times.
         n_expected: frames the run should have had (>= T). A run that stopped early (for
@@ -130,10 +162,12 @@ def tracking_metrics(
 
     Returns:
         A dict with
-          joint_rmse_rad: RMS angle error over the 43 non-tail hinges and all frames (rad).
-          actuated_joint_rmse_rad: the same over the 30 of them with a motor of their own
-            (spine and neck angles are shared by tendons and cannot all be reached).
-          body_pos_error_mm: mean |x_sim - x_ref| over non-tail bodies and frames (mm).
+          joint_rmse_rad: RMS angle error over the tracked hinges (the rat's 43 non-tail
+            ones; every joint of a robot) and all frames (rad).
+          actuated_joint_rmse_rad: the same over those with a motor of their own (the rat's
+            30: spine and neck angles are shared by tendons and cannot all be reached).
+          body_pos_error_mm: mean |x_sim - x_ref| over the tracked bodies (the rat's non-tail
+            bodies; a robot's torso and feet) and frames (mm).
           root_pos_error_mm: mean root position distance over frames (mm).
           torso_z_mean_m: mean simulated torso height (m).
           tracked_fraction: first failing frame / n_expected (1.0 if none fails).
@@ -175,7 +209,7 @@ def tracking_metrics(
 
     first, reason = None, None
     for i in range(n_frames):
-        reason = tracking_failure(float(root_dist[i]), float(joint_sq[i]), float(torso_z[i]))
+        reason = _failure(body, float(root_dist[i]), float(joint_sq[i]), float(torso_z[i]))
         if reason is not None:
             first = i
             break

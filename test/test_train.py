@@ -274,3 +274,79 @@ def test_a_failed_run_leaves_no_empty_output_folder(tmp_path, monkeypatch):
         train(config, str(tmp_path / 'new' / 'run2'), progress=False)
     assert sorted(p.name for p in (tmp_path / 'new').iterdir()) == ['run']
     assert (out / 'notes.txt').read_text() == 'mine'
+
+
+def tiny_robot_config(seed=0):
+    """A tiny quadruped configuration on its shipped retargeted training clips."""
+    config = default_config(small=True, robot='quadruped')
+    assert config['clips'], 'the quadruped training clips are missing'
+    config['seed'] = seed
+    config['data'].update({'n_episodes': 6, 'episode_steps': 30, 'n_workers': 1})
+    config['rounds'].update({'count': 1, 'n_episodes': 2, 'steps': 40})
+    config['relabel']['val_fraction'] = 0.2
+    config['model']['hidden'] = [32, 32]
+    config['train'].update({'steps': 60, 'batch_size': 64, 'lr': 3e-3,
+                            'checkpoint_every': 50, 'log_every': 20})
+    config['eval'].update({'every': 50, 'starts_s': [0.0], 'seconds': 0.3})
+    return config
+
+
+def test_robot_training_exports_a_position_contract(tmp_path):
+    from vrat_ros.robots import Robot
+    from vrat_ros.train import RobotActions
+    robot = Robot('quadruped')
+    summary = train(tiny_robot_config(), str(tmp_path / 'run'), progress=False)
+    assert summary['complete']
+    assert summary['final_loss'] < summary['initial_loss']
+    policy = OnnxPolicy(summary['policy'])
+    contract = policy.contract
+    assert contract['command_interface'] == 'position'
+    assert contract['root_joint'] == 'root'
+    assert contract['joint_names'] == robot.joint_names
+    assert contract['actuator_names'] == robot.actuator_names
+    assert contract['body']['name'] == 'quadruped'
+    assert contract['reference']['dt_s'] == pytest.approx(0.02)
+    # The zero action holds the standing pose: offsets are its actuated joint angles.
+    actions = RobotActions(robot)
+    stand = robot.stand_qpos()
+    np.testing.assert_allclose(contract['action_offset'], stand[actions.qpos_idx])
+    np.testing.assert_allclose(policy.command_from_action(np.zeros(robot.nu)),
+                               stand[actions.qpos_idx])
+    # Every joint limit is reachable: offset + scale reaches the farther limit.
+    lo, hi = robot.model.jnt_range[robot.model.actuator_trnid[:, 0]].T
+    reach = np.maximum(hi - stand[actions.qpos_idx], stand[actions.qpos_idx] - lo)
+    np.testing.assert_allclose(contract['action_scale'], reach)
+    assert contract['training']['config']['robot'] == 'quadruped'
+
+
+def test_robot_pd_actions_reproduce_the_pd_law():
+    """Round 0's PD action, sent through the contract mapping, is the reference target."""
+    from vrat_ros.robots import Robot
+    from vrat_ros.train import RobotActions
+    robot = Robot('quadruped')
+    actions = RobotActions(robot)
+    ref = robot.stand_qpos()
+    ref[actions.qpos_idx] += 0.1
+    action = actions.pd_action(ref, np.zeros(robot.nq - 7), robot.data.qpos, robot.data.qvel)
+    np.testing.assert_allclose(actions.command(action), ref[actions.qpos_idx])
+    # The relabelling feedback: a constant 0.1 rad error on each actuated joint asks for
+    # 0.1 rad more target, in action units; passive joints (the ankles) get none.
+    gains = actions.feedback(len(robot.joint_names))
+    error = np.full(robot.nu, 0.1)
+    np.testing.assert_allclose(gains[:, actions.hinge_idx] @ error * actions.scale, error)
+    ankles = [i for i, n in enumerate(robot.joint_names) if n.startswith('ankle')]
+    assert np.all(gains[:, ankles] == 0.0)
+
+
+def test_robot_config_is_checked_and_needs_clips(tmp_path, capsys):
+    from vrat_ros.train import validate_config
+    config = default_config(small=True, robot='quadruped')
+    config['robot'] = 3
+    with pytest.raises(ValueError, match="'robot'"):
+        validate_config(config)
+    from vrat_ros import cli
+    rc = cli.main(['train', '--robot', str(tmp_path / 'nothing.yaml'), '--small',
+                   '--out', str(tmp_path / 'out')])
+    assert rc == 1
+    assert 'no shipped training clips' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()

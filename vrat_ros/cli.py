@@ -77,21 +77,61 @@ def _metrics_subset(metrics: dict) -> dict:
     return {k: metrics[k] for k in keys if k in metrics}
 
 
+# The baselines of `vrat run`: (report key, controller, note) per kind of body.
+_RAT_BASELINES = (('zero_torque', 'zero', None), ('pd', 'pd', None))
+_POSITION_BASELINES = (
+    ('zero_action', 'zero', 'holds the standing pose: its joint angles as position targets, '
+                            'the zero action of a position policy'),
+    ('pd', 'pd', 'the reference joint angles of the next control step as position targets, '
+                 "tracked by the robot's PD loop at physics rate"))
+_EFFORT_BASELINES = (
+    ('zero_torque', 'zero', None),
+    ('pd', 'pd', "kp (q_ref - q) + kd (qd_ref - qd) with the robot file's pd gains"))
+
+
+def _run_inputs(args: argparse.Namespace):
+    """(robot spec or None for the rat, clip path, policy path) of `vrat run`.
+
+    Raises:
+        VratError, ValueError: (one line) an unknown robot, or a robot without a default clip
+            or policy file; the missing policy's message says how to make one.
+    """
+    from vrat_ros import resources
+    from vrat_ros.robots import is_rat
+    from vrat_ros.robots import load_robot_spec
+    if args.robot is None or is_rat(args.robot):
+        clip_path = resources.resolve_clip_path(args.clip) if args.clip else \
+            resources.default_clip_path()
+        return None, clip_path, args.policy or resources.default_policy_path()
+    spec = load_robot_spec(args.robot)
+    clip_path = resources.resolve_clip_path(args.clip) if args.clip else \
+        resources.robot_default_clip(spec)
+    if clip_path is None:
+        raise ValueError(f"robot '{spec.name}' names no default clip (defaults.clip in "
+                         f"'{spec.path}'); give --clip")
+    if args.plots:
+        # NOTE: vrat_ros/plots.py groups joints by the rat's names; not drawn for robots yet.
+        raise ValueError("--plots draws the rat's joint groups; it is not available with "
+                         '--robot yet')
+    return spec, clip_path, resources.robot_policy_path(spec, args.policy)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from vrat_ros import rat_constants as rc
-    from vrat_ros import resources
     from vrat_ros.clip import Clip
     from vrat_ros.rat_model import RatBody
+    from vrat_ros.tracking import tracking_limits
     from vrat_ros.tracking import tracking_metrics
 
-    clip_path = resources.resolve_clip_path(args.clip) if args.clip else \
-        resources.default_clip_path()
-    policy_path = args.policy or resources.default_policy_path()
+    spec, clip_path, policy_path = _run_inputs(args)
     for path in (args.report, args.record, args.activations):
         _check_output_path(path)
     if not re.fullmatch(r'/|(/?[A-Za-z][A-Za-z0-9_]*)(/[A-Za-z][A-Za-z0-9_]*)*', args.namespace):
         raise ValueError(f"namespace should look like '/' or '/my_ns': got '{args.namespace}'")
     clip = Clip.load(clip_path)
+    if spec is not None and clip.meta.get('robot', spec.name) != spec.name:
+        raise ValueError(f"clip '{clip_path}' was made for robot '{clip.meta['robot']}', not "
+                         f"for '{spec.name}'")
     try:
         from vrat_ros.loop import run_ros_loop
         import rclpy  # noqa: F401
@@ -104,12 +144,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from vrat_ros.introspection import parse_lesion_specs
     from vrat_ros.introspection import tracking_change
     lesions = parse_lesion_specs(args.lesion)
-    body = RatBody(scale=clip.body_scale)
+    if spec is None:
+        body = RatBody(scale=clip.body_scale)
+        body_kwargs = {'body_scale': clip.body_scale}
+        rate_hz = rc.CONTROL_RATE_HZ
+        baselines = _RAT_BASELINES
+    else:
+        from vrat_ros.policy import read_contract
+        from vrat_ros.robots import Robot
+        body = Robot(args.robot)
+        body_kwargs = {'body_scale': None, 'robot': args.robot}
+        rate_hz = float(read_contract(policy_path)['control_rate_hz'])
+        baselines = (_POSITION_BASELINES if spec.command_interface == 'position'
+                     else _EFFORT_BASELINES)
     result = run_ros_loop(clip_path, policy_path, seconds=args.seconds,
-                          start_time_s=args.start, body_scale=clip.body_scale,
-                          progress=not args.no_progress, namespace=args.namespace,
-                          record_path=args.record, activations_path=args.activations,
-                          lesions=lesions or None, lesion_seed=args.lesion_seed)
+                          start_time_s=args.start, progress=not args.no_progress,
+                          namespace=args.namespace, record_path=args.record,
+                          activations_path=args.activations, lesions=lesions or None,
+                          lesion_seed=args.lesion_seed, **body_kwargs)
     metrics = tracking_metrics(body, result.qpos, result.ref_qpos)
     report = {
         'clip': os.path.abspath(clip_path),
@@ -117,7 +169,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         'policy': os.path.abspath(policy_path),
         'frames': int(result.qpos.shape[0]),
         'start_time_s': args.start,
-        'control_rate_hz': rc.CONTROL_RATE_HZ,
+        'control_rate_hz': rate_hz,
         'sim_seconds': round(float(result.sim_seconds), 6),
         'wall_seconds': round(float(result.wall_seconds), 3),
         'realtime_factor': round(float(result.sim_seconds / max(result.wall_seconds, 1e-9)), 3),
@@ -126,21 +178,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         'rejected_commands': int(result.rejected_commands),
         'sim_halted': bool(result.halted),
         'tracked_threshold': {
-            'root_dist_m': rc.TRACK_ROOT_DIST_M,
-            'joint_sq_err_rad2': rc.TRACK_JOINT_SQ_ERR_RAD2,
-            'torso_z_range_m': list(rc.TRACK_TORSO_Z_RANGE_M),
+            **tracking_limits(body),  # the rat's constants, or the robot file's limits
             'note': 'tracked_fraction is the share of frames before the first frame that '
                     'breaks any of these; the error figures average over all frames',
         },
     }
+    if spec is not None:
+        report = {'robot': {'name': spec.name, 'file': os.path.abspath(spec.path),
+                            'command_interface': spec.command_interface}, **report}
     if not args.no_baselines:
+        from vrat_ros.controllers import ControllerError
         from vrat_ros.evaluate import make_controller
         from vrat_ros.rollout import run_inline
         report['baselines'] = {}
-        for name, kind in (('zero_torque', 'zero'), ('pd', 'pd')):
-            base = run_inline(body, clip, make_controller(kind), seconds=result.sim_seconds,
-                              start_time_s=args.start)
+        for name, kind, note in baselines:
+            try:
+                base = run_inline(body, clip, make_controller(kind), seconds=result.sim_seconds,
+                                  start_time_s=args.start)
+            except ControllerError as exc:  # e.g. an effort robot without pd gains
+                report['baselines'][name] = {'skipped': str(exc)}
+                continue
             report['baselines'][name] = _metrics_subset(base.metrics)
+            if note:
+                report['baselines'][name]['note'] = note
     if args.record:
         report['recording'] = os.path.abspath(args.record)
     if args.activations:
@@ -148,8 +208,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if lesions:  # the effect of the lesion: the same span without it
         report['lesions'] = result.lesions
         intact = run_ros_loop(clip_path, policy_path, seconds=args.seconds,
-                              start_time_s=args.start, body_scale=clip.body_scale,
-                              namespace=args.namespace)
+                              start_time_s=args.start, namespace=args.namespace,
+                              **body_kwargs)
         intact_metrics = _metrics_subset(tracking_metrics(body, intact.qpos, intact.ref_qpos))
         report['lesion_effect'] = {
             'intact': intact_metrics,
@@ -172,7 +232,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from vrat_ros.train import train
     from vrat_ros.train import validate_config
     require_torch()  # before any work: a missing extra is one line, not a traceback
-    config = default_config(small=args.small)
+    config = default_config(small=args.small, robot=args.robot)
+    if args.robot != 'rat' and not config['clips'] and not args.clips:
+        raise ValueError(f"robot '{args.robot}' has no shipped training clips; give some "
+                         'with --clips (make them with vrat retarget)')
     if args.config:
         config = _load_train_config(args.config, config)
     if args.seed is not None:
@@ -258,16 +321,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         'run', help='Run the closed loop through the three ROS 2 nodes in one process '
                     '(lockstep) and print a tracking report with zero-torque and PD baselines.')
+    p.add_argument('--robot', metavar='NAME_OR_YAML',
+                   help='The body: a robot name in config/robots (e.g. quadruped) or a robot '
+                        "YAML path (default: the rat); its file's defaults give the clip and "
+                        'the policy.')
     p.add_argument('--clip', help='Reference clip: a .npz path or a name from vrat clips; '
-                                  'default: the shipped real rat clip.')
-    p.add_argument('--policy', help='ONNX policy; default: the shipped policy.')
+                                  "default: the shipped real rat clip (for --robot, the robot "
+                                  "file's defaults.clip).")
+    p.add_argument('--policy', help="ONNX policy; default: the shipped policy (for --robot, the "
+                                    "robot file's defaults.policy).")
     p.add_argument('--seconds', type=float, default=None,
                    help='Simulated seconds to run (default: the whole clip).')
     p.add_argument('--start', type=float, default=0.0,
                    help='Clip time (s) to start from (default 0).')
     p.add_argument('--report', help='Also write the JSON report to this file.')
     p.add_argument('--no-baselines', action='store_true',
-                   help='Skip the zero-torque and PD baselines.')
+                   help='Skip the zero-torque (a position robot: hold the standing pose) and '
+                        'PD baselines.')
     p.add_argument('--no-progress', action='store_true', help='Hide the progress bar.')
     p.add_argument('--record', metavar='FILE.mcap',
                    help='Record every topic of the run to an MCAP file (ROS 2 encoding).')
@@ -297,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
                         '(default runs/train).')
     p.add_argument('--small', action='store_true',
                    help='A quick configuration (seconds; for CI and smoke tests).')
+    p.add_argument('--robot', default='rat',
+                   help="Body to train: 'rat' (default), or a robot name in config/robots "
+                        '(e.g. quadruped) or a robot YAML file; a robot trains on its '
+                        'shipped retargeted clips unless --clips is given.')
     p.add_argument('--config', help='JSON file whose settings override the defaults (its '
                    "'clips' may be files or names that `vrat clips` lists).")
     p.add_argument('--seed', type=int, help='Random seed (default 0).')

@@ -99,19 +99,23 @@ MAX_EPISODE_STEPS = 100_000
 _NULLABLE = {'model.action_bound_quantile', 'train.ema_decay', 'eval.seconds'}
 
 
-def default_config(small: bool = False) -> dict:
+def default_config(small: bool = False, robot: str = 'rat') -> dict:
     """Returns the training configuration (a JSON-friendly dict).
 
     Args:
         small: a quick configuration for CI (well under 2 minutes on 2 cores); the
             default one takes about 5-10 minutes.
+        robot: 'rat' (the torque rat, `RatBody`), or a robot name or YAML path of
+            vrat_ros.robots; for those the clips default to the robot's shipped training
+            clips and the settings to `_robot_overrides`.
 
     Returns:
-        {'seed', 'clips', 'body', 'data', 'rounds', 'relabel', 'model', 'train', 'eval'};
-        the comments in the code describe each setting.
+        {'seed', 'robot', 'clips', 'body', 'data', 'rounds', 'relabel', 'model', 'train',
+        'eval'}; the comments in the code describe each setting.
     """
     config = {
         'seed': 0,
+        'robot': 'rat',                   # 'rat', or a robot of vrat_ros.robots
         'clips': [DEFAULT_CLIP],          # training clips (.npz, see clip.py)
         'body': {'scale': rc.DEFAULT_BODY_SCALE},
         'data': {                         # round 0: PD data collection
@@ -178,7 +182,45 @@ def default_config(small: bool = False) -> dict:
         config['train'].update({'steps': 400, 'batch_size': 128, 'checkpoint_every': 200,
                                 'log_every': 100})
         config['eval'].update({'every': 200, 'starts_s': [0.0], 'seconds': 2.0})
+    if robot != 'rat':
+        _robot_overrides(config, str(robot), small)
     return config
+
+
+def robot_training_clips(robot: str) -> list[str]:
+    """The shipped training clips of a robot: data/clips/<name>/<name>_train_*.npz."""
+    import glob
+    name = os.path.splitext(os.path.basename(str(robot)))[0]
+    return sorted(glob.glob(data_path('clips', name, f'{name}_train_*.npz')))
+
+
+def _robot_overrides(config: dict, robot: str, small: bool) -> None:
+    """Settings for a robot of vrat_ros.robots (see the quadruped numbers in the docstring).
+
+    Position-interface robots take joint targets, so the PD that collects round 0 is the
+    robot's own (pd_wn_range and pd_zeta are not used) and the action noise is in radians of
+    target. The root offsets of the relabelled windows are larger than the rat's (a bigger
+    body, and a floating base that drifts further).
+    """
+    config['robot'] = robot
+    config['clips'] = robot_training_clips(robot)
+    config['body'] = {'scale': 1.0}   # not used: the robot file's own scale
+    config['data'].update({
+        'n_episodes': 400, 'episode_steps': 150, 'speed_range': [0.7, 1.3],
+        'reverse_prob': 0.0, 'target_noise_rad': 0.15, 'target_noise_smooth_s': 0.3,
+        'init_joint_noise_rad': 0.02, 'action_noise_rad': 0.15, 'action_noise_corr': 0.9})
+    config['rounds'].update({'count': 1, 'n_episodes': 200, 'steps': 3000})
+    config['rounds']['data'] = {'target_noise_rad': 0.1, 'action_noise_rad': 0.05}
+    config['relabel'].update({'offset_fraction': 2.0, 'offset_pos_m': [0.2, 0.2, 0.0],
+                              'offset_yaw_rad': 0.3, 'offset_joint_rad': 0.05})
+    config['train'].update({'steps': 4000, 'batch_size': 1024})
+    config['eval'].update({'every': 1000, 'starts_s': [0.0, 4.0, 8.0, 12.0],
+                           'seconds': 8.0})
+    if small:
+        config['data'].update({'n_episodes': 16, 'episode_steps': 60})
+        config['rounds'].update({'count': 1, 'n_episodes': 4, 'steps': 100})
+        config['train'].update({'steps': 200, 'batch_size': 128})
+        config['eval'].update({'every': 100, 'starts_s': [0.0], 'seconds': 1.0})
 
 
 def _family(value) -> str:
@@ -260,11 +302,35 @@ def validate_config(config: dict) -> None:
     Raises:
         ValueError: naming the first setting that is wrong.
     """
+    robot = config.get('robot', 'rat') if isinstance(config, dict) else 'rat'
+    if not isinstance(robot, str) or not robot:
+        raise ValueError(f"setting 'robot' should be 'rat' or a robot name: got {robot!r}")
     template = default_config()
+    template['robot'] = robot
     _check_section('', config, template, template['data'])
     _check_episode_settings(config['data'], 'data')
     if 'episode_steps' in config['rounds']['data']:
         _check_episode_settings(config['rounds']['data'], 'rounds.data')
+
+
+def robot_of(config: dict) -> str:
+    """The body a configuration trains: 'rat' or a robot of vrat_ros.robots."""
+    return str(config.get('robot', 'rat'))
+
+
+def make_body(config: dict):
+    """The body of a configuration: a `RatBody`, or a `vrat_ros.robots.Robot`."""
+    if robot_of(config) == 'rat':
+        return RatBody(scale=config['body']['scale'])
+    from vrat_ros.robots import Robot
+    return Robot(robot_of(config))
+
+
+def observed_joints(body) -> np.ndarray:
+    """Hinge indices the policy observes: the rat's tracked ones, every joint of a robot."""
+    if isinstance(body, RatBody):
+        return np.asarray(body.tracked_hinge_idx)
+    return np.arange(len(body.joint_names))
 
 
 def require_torch() -> None:
@@ -453,13 +519,169 @@ class _EpisodeGenerator:
                 'ctrl': np.array(ctrls).reshape(-1, body.nu)}
 
 
+class RobotActions:
+    """How a robot of vrat_ros.robots turns policy actions in [-1, 1] into commands.
+
+    command = action_offset + action_scale x action, per actuator:
+      position: targets; offset = the standing pose (`Robot.stand_qpos`, so the zero action
+                holds it), scale = the farthest joint limit from it (the whole range is
+                reachable; pi for an unlimited joint).
+      effort:   torques; no offset, scale = the torque at ctrl 1.
+    `pd_action` gives the action of the robot's PD law on a reference (the collection
+    controller of round 0); `per_rad` the action per radian of joint error (relabelling and
+    action noise). Effort robots need `pd` gains in their file for that.
+    """
+
+    def __init__(self, robot):
+        from vrat_ros.robots import _per_joint
+        m, spec = robot.model, robot.spec
+        self.interface = spec.command_interface
+        jids = m.actuator_trnid[:, 0]
+        self.qpos_idx = m.jnt_qposadr[jids].copy()
+        self.dof_idx = m.jnt_dofadr[jids].copy()
+        self.hinge_idx = self.qpos_idx - 7
+        names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, int(j)) for j in jids]
+        if self.interface == 'position':
+            stand = robot.stand_qpos()
+            self.offset = stand[self.qpos_idx].copy()
+            lo, hi = m.jnt_range[jids, 0], m.jnt_range[jids, 1]
+            limited = m.jnt_limited[jids].astype(bool)
+            self.scale = np.where(limited, np.maximum(hi - self.offset, self.offset - lo),
+                                  np.pi)
+            self.per_rad = 1.0 / self.scale
+            self.kp = self.kd = None
+        else:
+            if spec.kp is None or spec.kd is None:
+                raise VratError(f"robot '{spec.name}' takes torques and its file gives no pd "
+                                'gains (pd: {kp, kd}); training needs them for the PD that '
+                                'collects the first data')
+            self.offset = None
+            self.scale = np.asarray(robot.actuator_gain, dtype=np.float64)
+            self.kp = np.array([_per_joint(spec.kp, n, spec.path, 'pd.kp') for n in names])
+            self.kd = np.array([_per_joint(spec.kd, n, spec.path, 'pd.kd') for n in names])
+            self.per_rad = self.kp / self.scale
+
+    def command(self, action: np.ndarray) -> np.ndarray:
+        command = np.asarray(action, dtype=np.float64) * self.scale
+        return command if self.offset is None else command + self.offset
+
+    def pd_action(self, ref_qpos: np.ndarray, ref_hinge_vel: np.ndarray, qpos: np.ndarray,
+                  qvel: np.ndarray) -> np.ndarray:
+        """The action that sends the robot's PD law towards `ref_qpos` (unclipped)."""
+        if self.offset is not None:
+            return (ref_qpos[self.qpos_idx] - self.offset) / self.scale
+        torque = (self.kp * (ref_qpos[self.qpos_idx] - qpos[self.qpos_idx])
+                  + self.kd * (ref_hinge_vel[self.hinge_idx] - qvel[self.dof_idx]))
+        return torque / self.scale
+
+    def feedback(self, n_joints: int) -> np.ndarray:
+        """(nu, J) action per radian of a constant error on each observed joint."""
+        gains = np.zeros((len(self.scale), n_joints))
+        gains[np.arange(len(self.scale)), self.hinge_idx] = self.per_rad
+        return gains
+
+
+def _robot_joint_range(robot) -> tuple[np.ndarray, np.ndarray]:
+    """Per joint after the root: its limits, or +-inf for an unlimited one."""
+    m = robot.model
+    limited = m.jnt_limited[1:].astype(bool)
+    return (np.where(limited, m.jnt_range[1:, 0], -np.inf),
+            np.where(limited, m.jnt_range[1:, 1], np.inf))
+
+
+class _RobotEpisodeGenerator:
+    """`_EpisodeGenerator` for a robot of vrat_ros.robots (any command interface).
+
+    The same episodes as the rat's (time-warped clip playback plus smooth joint offsets,
+    correlated action noise), collected by the robot's own PD law (position targets at the
+    reference, or PD torques with the file's gains) or by the policy, and stopped when the
+    torso leaves the file's healthy height range or turns over.
+    """
+
+    def __init__(self, robot_name: str, clips: list[Clip], frames: int,
+                 policy_state: dict | None = None, activation: str = 'elu'):
+        from vrat_ros.robots import Robot
+        self.body = Robot(robot_name)
+        self.actions = RobotActions(self.body)
+        self.clips = clips
+        self.frames = frames
+        self.n_sub = self.body.n_substeps
+        self.dt = self.body.spec.control_dt
+        self.lo, self.hi = _robot_joint_range(self.body)
+        self.joint_idx = np.arange(len(self.body.joint_names))
+        self.z_range = self.body.spec.healthy_z_range
+        self.policy = None if policy_state is None else numpy_policy(policy_state, activation)
+
+    def run(self, rng: np.random.Generator, cfg: dict) -> dict:
+        """Runs one episode; returns {'qpos': (T+1, nq), 'qvel': (T+1, nv), 'ctrl': (T, nu)}.
+
+        'ctrl' holds the actions (in [-1, 1]) that were applied.
+        """
+        body, dt, k, acts = self.body, self.dt, self.frames, self.actions
+        n_steps = int(cfg['episode_steps'])
+        clip = self.clips[int(rng.integers(len(self.clips)))]
+        speed = rng.uniform(*cfg['speed_range'])
+        if rng.random() < cfg['reverse_prob']:
+            speed = -speed
+        t0 = rng.uniform(0.0, clip.duration_s)
+        taus = _reflect(t0 + speed * dt * np.arange(n_steps + k + 1), clip.duration_s)
+        target = np.stack([clip.sample(t) for t in taus])
+        n_hinge = target.shape[1] - 7
+        span = np.where(np.isfinite(self.hi - self.lo), 0.25 * (self.hi - self.lo), np.pi)
+        amp = np.minimum(rng.uniform(0.0, cfg['target_noise_rad']), span)
+        sigma_steps = max(cfg['target_noise_smooth_s'] / dt, 0.5)
+        offsets = amp * _smooth_noise(rng, len(taus), n_hinge, sigma_steps)
+        target[:, 7:] = np.clip(target[:, 7:] + offsets, self.lo, self.hi)
+        target_vel = np.gradient(target[:, 7:], dt, axis=0)
+
+        qpos = clip.sample(taus[0])
+        qpos[7:] = np.clip(
+            qpos[7:] + cfg['init_joint_noise_rad'] * rng.standard_normal(n_hinge),
+            self.lo, self.hi)
+        body.reset(qpos, clip.velocity(taus[0]) * speed)
+
+        noise_std = rng.uniform(0.0, cfg['action_noise_rad'])
+        rho = cfg['action_noise_corr']
+        noise = noise_std * rng.standard_normal(body.nu)
+        states_q, states_v, ctrls = [body.data.qpos.copy()], [body.data.qvel.copy()], []
+        for step in range(n_steps):
+            q, v = body.data.qpos, body.data.qvel
+            if self.policy is not None:
+                obs = observation_from_state(q, v, target[step + 1:step + 1 + k],
+                                             self.joint_idx)
+                action = self.policy(obs[None, :].astype(np.float64))[0]
+            else:
+                action = acts.pd_action(target[step + 1], target_vel[step + 1], q, v)
+            action = np.clip(action + acts.per_rad * noise, -1.0, 1.0)
+            noise = rho * noise + np.sqrt(1.0 - rho ** 2) * noise_std * rng.standard_normal(
+                body.nu)
+            body.set_command(acts.command(action))
+            body.step(self.n_sub)
+            if (body.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > 0
+                    or not np.all(np.isfinite(body.data.qpos))):
+                break
+            states_q.append(body.data.qpos.copy())
+            states_v.append(body.data.qvel.copy())
+            ctrls.append(action)
+            torso = body.data.xpos[body.torso_id, 2]
+            upright = body.data.xmat[body.torso_id][8]
+            if not self.z_range[0] <= torso <= self.z_range[1] or upright < 0.0:
+                break
+        return {'qpos': np.array(states_q), 'qvel': np.array(states_v),
+                'ctrl': np.array(ctrls).reshape(-1, body.nu)}
+
+
 _WORKER_GENERATOR = None
 
 
 def _init_worker(clips: list[Clip], scale: float, frames: int, policy_state: dict | None,
-                 activation: str) -> None:
+                 activation: str, robot: str = 'rat') -> None:
     global _WORKER_GENERATOR
-    _WORKER_GENERATOR = _EpisodeGenerator(clips, scale, frames, policy_state, activation)
+    if robot == 'rat':
+        _WORKER_GENERATOR = _EpisodeGenerator(clips, scale, frames, policy_state, activation)
+    else:
+        _WORKER_GENERATOR = _RobotEpisodeGenerator(robot, clips, frames, policy_state,
+                                                   activation)
 
 
 def _run_task(task: tuple) -> list[dict]:
@@ -494,10 +716,10 @@ def collection_job(config: dict, round_index: int = 0,
     cfg = round_settings(config, round_index)
     n_episodes = int(cfg['n_episodes'])
     scale = config['body']['scale']
-    hinge_names = RatBody(scale=scale).hinge_names
+    hinge_names = make_body(config).hinge_names
     clips = [Clip.load(p).reorder_to(hinge_names) for p in config['clips']]
     init_args = (clips, scale, int(config['relabel']['frames']), policy_state,
-                 config['model']['activation'])
+                 config['model']['activation'], robot_of(config))
     tasks = [(cfg, int(config['seed']), round_index,
               list(range(i, min(i + _CHUNK, n_episodes))))
              for i in range(0, n_episodes, _CHUNK)]
@@ -728,7 +950,10 @@ class TorchPolicy:
         self.model = model
         self.joint_names = list(interface['joint_names'])
         self.actuator_names = list(interface['actuator_names'])
+        self.command_interface = str(interface['command_interface'])
         self.action_scale = np.asarray(interface['action_scale'], dtype=np.float64)
+        self.action_offset = (np.asarray(interface['action_offset'], dtype=np.float64)
+                              if 'action_offset' in interface else None)
         self.reference_frames = int(interface['reference']['frames'])
         self.reference_dt = float(interface['reference']['dt_s'])
         self.observation_size = observation_size(len(self.joint_names), self.reference_frames)
@@ -740,8 +965,13 @@ class TorchPolicy:
             return self.model(x)[0].numpy()[0].astype(np.float64)
 
     def torques(self, observation: npt.ArrayLike) -> np.ndarray:
-        """Returns (nu,) torques (N m) for one raw observation."""
-        return self.run(observation) * self.action_scale
+        """Returns the (nu,) command for one raw observation.
+
+        Torques (N m), or joint targets for a position contract (action x action_scale +
+        action_offset).
+        """
+        command = self.run(observation) * self.action_scale
+        return command if self.action_offset is None else command + self.action_offset
 
 
 def policy_interface(body: RatBody, frames: int = rc.REFERENCE_WINDOW_FRAMES) -> dict:
@@ -760,6 +990,34 @@ def policy_interface(body: RatBody, frames: int = rc.REFERENCE_WINDOW_FRAMES) ->
         'body': {'name': 'rat', 'scale': float(body.scale),
                  'actuators': body.actuator_variant},
     }
+
+
+def robot_policy_interface(robot, frames: int = rc.REFERENCE_WINDOW_FRAMES) -> dict:
+    """Returns the body-facing part of the policy contract for a vrat_ros.robots.Robot.
+
+    It reads every joint, names the root joint and, for a position robot, the offset of its
+    targets (`RobotActions`).
+    """
+    spec = robot.spec
+    actions = RobotActions(robot)
+    joint_names = list(robot.joint_names)
+    interface = {
+        'joint_names': joint_names,
+        'actuator_names': list(robot.actuator_names),
+        'command_interface': spec.command_interface,
+        'action_scale': [float(g) for g in actions.scale],
+        'action_clip': [-1.0, 1.0],
+        'control_rate_hz': float(spec.control_rate_hz),
+        'reference': {'frames': int(frames), 'dt_s': float(spec.control_dt)},
+        'observation': {'size': observation_size(len(joint_names), frames),
+                        'layout': observation_layout(len(joint_names), frames)},
+        'body': {'name': spec.name, 'scale': float(robot.scale)},
+        'root_joint': spec.root_joint,
+        'body_joints': joint_names,
+    }
+    if actions.offset is not None:
+        interface['action_offset'] = [float(v) for v in actions.offset]
+    return interface
 
 
 def load_checkpoint(path: str, which: str = 'best'):
@@ -800,7 +1058,7 @@ def load_checkpoint(path: str, which: str = 'best'):
 # Closed-loop evaluation.
 
 
-def evaluate_policy(policy, body: RatBody, clips: list[Clip], eval_cfg: dict) -> dict:
+def evaluate_policy(policy, body, clips: list[Clip], eval_cfg: dict) -> dict:
     """Runs `policy` on each clip from each start time and summarises the tracking.
 
     Returns:
@@ -815,8 +1073,10 @@ def evaluate_policy(policy, body: RatBody, clips: list[Clip], eval_cfg: dict) ->
             seconds = eval_cfg['seconds']
             if seconds is not None:
                 seconds = min(seconds, clip.duration_s - start)
+            rate = (rc.CONTROL_RATE_HZ if isinstance(body, RatBody)
+                    else body.spec.control_rate_hz)
             result = run_inline(body, clip, PolicyController(policy), seconds=seconds,
-                                start_time_s=start)
+                                start_time_s=start, control_rate_hz=rate)
             runs.append({'clip': c, 'start_s': float(start), **result.metrics})
     keys = ('joint_rmse_rad', 'body_pos_error_mm', 'root_pos_error_mm', 'tracked_fraction')
     summary = {k: float(np.mean([r[k] for r in runs])) for k in keys}
@@ -933,6 +1193,7 @@ def train(config: dict, out_dir: str, resume: bool = False, progress: bool = Tru
     require_torch()
     t_start = time.perf_counter()
     config = copy.deepcopy(config)
+    config.setdefault('robot', 'rat')  # configurations from before robots were trainable
     validate_config(config)
     for path in config['clips']:
         if not os.path.isfile(path):
@@ -978,15 +1239,21 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
                 f'config differs from the checkpoint in {ckpt_path} (sections {diff}); '
                 'resume needs the same configuration')
 
-    body = RatBody(scale=config['body']['scale'])
+    body = make_body(config)
     clips = [Clip.load(p).reorder_to(body.hinge_names) for p in config['clips']]
-    interface = policy_interface(body, int(config['relabel']['frames']))
-    joint_idx = body.tracked_hinge_idx
-    joint_fb = joint_feedback_gains(body, clips[0].qpos[0],
-                                    config['relabel']['offset_feedback_wn_rad_s'])
+    joint_idx = observed_joints(body)
+    if isinstance(body, RatBody):
+        interface = policy_interface(body, int(config['relabel']['frames']))
+        joint_fb = joint_feedback_gains(body, clips[0].qpos[0],
+                                        config['relabel']['offset_feedback_wn_rad_s'])
+    else:
+        interface = robot_policy_interface(body, int(config['relabel']['frames']))
+        joint_fb = RobotActions(body).feedback(len(joint_idx))
     base_hash = {'seed': seed, 'clips': [file_sha256(p) for p in config['clips']],
                  'body': config['body'], 'frames': config['relabel']['frames'],
                  'activation': config['model']['activation']}
+    if robot_of(config) != 'rat':  # the rat's data hashes stay as they were
+        base_hash['robot'] = robot_of(config)
     dataset = _Dataset()
     timings = {'data_s': 0.0, 'train_s': 0.0, 'eval_s': 0.0}
 
@@ -1060,7 +1327,7 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
             collectors = dict(resumed['collectors'])
             ema = resumed['ema']
 
-        eval_body = RatBody(scale=config['body']['scale'])
+        eval_body = make_body(config)
         policy = TorchPolicy(model, interface)
         tensors = {}
 

@@ -1,10 +1,16 @@
 """Starts the closed loop: reference, policy and MuJoCo sim nodes, each its own process.
 
 Arguments (ros2 launch vrat_ros sim.launch.py --show-args lists them):
-  clip_file, policy_file      paths; default to the clip and policy shipped in the package
   robot                       the sim's body: a name in config/robots (rat, quadruped) or a
                               robot YAML path; its joints, rates and command interface must
                               fit the policy's contract (the clip's joints too)
+  clip_file, policy_file      paths (a clip may also be a name `vrat clips` lists); left out,
+                              they follow the robot: the clip and policy shipped for the rat,
+                              or the robot file's defaults.clip and defaults.policy (e.g.
+                              robot:=quadruped alone runs its held-out clip with
+                              policies/quadruped_inverse_dynamics.onnx); a robot whose default
+                              policy is missing stops the launch with a one-line error
+                              (vrat_ros.resources.launch_files resolves them)
   mode                        lockstep (sim advances one control period per command) or realtime
   sim                         false leaves the sim out so a robot driver can take its place
   publish_float64_array       also send ros2_control-style Float64MultiArray commands
@@ -16,6 +22,8 @@ Arguments (ros2 launch vrat_ros sim.launch.py --show-args lists them):
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
+from launch.actions import OpaqueFunction
+from launch.actions import SetLaunchConfiguration
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch.substitutions import PathJoinSubstitution
@@ -24,8 +32,16 @@ from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 from launch_ros.parameter_descriptions import ParameterValue
 
-from vrat_ros.resources import default_clip_path
-from vrat_ros.resources import default_policy_path
+from vrat_ros.resources import launch_files
+
+
+def _files_of_the_robot(context):
+    """Fills clip_file and policy_file, when left empty, from the robot (at launch time)."""
+    config = context.launch_configurations
+    clip, policy = launch_files(config['robot'], config.get('clip_file', ''),
+                                config.get('policy_file', ''))
+    return [SetLaunchConfiguration('clip_file', clip),
+            SetLaunchConfiguration('policy_file', policy)]
 
 
 def generate_launch_description():
@@ -42,10 +58,14 @@ def generate_launch_description():
             ["'", checked, "' if '", safety_on, "' == 'true' else '", topic, "'"]))
 
     arguments = [
-        DeclareLaunchArgument('clip_file', default_value=default_clip_path(),
-                              description='Reference clip (.npz) to track.'),
-        DeclareLaunchArgument('policy_file', default_value=default_policy_path(),
-                              description='ONNX policy with a vrat contract.'),
+        DeclareLaunchArgument('clip_file', default_value='',
+                              description="Reference clip (.npz) to track; default: the "
+                                          "robot's (the rat: the shipped clip; another "
+                                          "robot: its robot file's defaults.clip)."),
+        DeclareLaunchArgument('policy_file', default_value='',
+                              description="ONNX policy with a vrat contract; default: the "
+                                          "robot's (the rat: the shipped policy; another "
+                                          "robot: its robot file's defaults.policy)."),
         DeclareLaunchArgument('robot', default_value='rat',
                               description='Body of the sim: a robot name in config/robots '
                                           '(rat, quadruped) or a robot YAML path.'),
@@ -109,4 +129,7 @@ def generate_launch_description():
         arguments=['-d', PathJoinSubstitution([config_dir, 'vrat.rviz'])],
         parameters=[{'use_sim_time': use_sim_time}])
 
-    return LaunchDescription(arguments + [reference, policy, safety, sim, viz, rviz])
+    # Before the nodes: their clip_file and policy_file substitutions read what it sets.
+    robot_files = OpaqueFunction(function=_files_of_the_robot)
+    return LaunchDescription(
+        arguments + [robot_files, reference, policy, safety, sim, viz, rviz])

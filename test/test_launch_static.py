@@ -137,3 +137,77 @@ def test_robot_argument_reaches_the_sim_and_the_contract_the_reference():
     assert 'robot' in nodes['rat_sim']['keys']
     # The reference node takes its window and root joint from the policy's contract.
     assert 'policy_file' in nodes['reference']['keys']
+
+
+def _function(name: str) -> ast.FunctionDef:
+    tree = ast.parse(LAUNCH.read_text())
+    found = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name]
+    assert len(found) == 1, f'{name} should be defined once in the launch file'
+    return found[0]
+
+
+def test_clip_and_policy_default_to_the_robots_files_at_launch_time():
+    declared = {_str_arg(c): c for c in _launch_calls()
+                if _call_name(c) == 'DeclareLaunchArgument'}
+    for name in ('clip_file', 'policy_file'):
+        # Empty: filled in from the robot by the OpaqueFunction before the nodes start.
+        assert _str_arg(declared[name], keyword='default_value') == ''
+    opaque = [c for c in _launch_calls() if _call_name(c) == 'OpaqueFunction']
+    assert len(opaque) == 1
+    function = opaque[0].keywords[0].value.id
+    calls = [n for n in ast.walk(_function(function)) if isinstance(n, ast.Call)]
+    assert 'launch_files' in {_call_name(c) for c in calls}
+    assert {_str_arg(c) for c in calls if _call_name(c) == 'SetLaunchConfiguration'} == {
+        'clip_file', 'policy_file'}
+    # The OpaqueFunction comes before every node in the description it returns.
+    returned = _function('generate_launch_description').body[-1].value
+    order = [n.id for n in ast.walk(returned) if isinstance(n, ast.Name)]
+    nodes = ('reference', 'policy', 'safety', 'sim')
+    assert order.index('robot_files') < min(order.index(n) for n in nodes)
+
+
+def test_launch_files_of_the_rat_are_the_shipped_ones():
+    from vrat_ros import resources
+    assert resources.launch_files('rat') == (resources.default_clip_path(),
+                                             resources.default_policy_path())
+    assert resources.launch_files('rat', '/my/clip.npz', '/my/policy.onnx') == (
+        '/my/clip.npz', '/my/policy.onnx')
+
+
+def test_launch_files_of_the_quadruped_are_its_defaults():
+    from vrat_ros import resources
+    from vrat_ros.errors import PolicyLoadError
+    clip = resources.data_path('clips', 'quadruped', 'quadruped_eval_2010_2310.npz')
+    policy = resources.data_path('policies', 'quadruped_inverse_dynamics.onnx')
+    assert pathlib.Path(clip).is_file()
+    if pathlib.Path(policy).is_file():
+        assert resources.launch_files('quadruped') == (clip, policy)
+    else:  # not trained yet: one line that says what to give
+        with pytest.raises(PolicyLoadError, match=re.escape(f"'{policy}' does not exist")) as e:
+            resources.launch_files('quadruped')
+        assert 'policy_file:=FILE' in str(e.value) and '\n' not in str(e.value)
+    # Given files win; a clip name that `vrat clips` lists becomes its path.
+    train = resources.data_path('clips', 'quadruped', 'quadruped_train_0_250.npz')
+    assert resources.launch_files('quadruped', 'quadruped_train_0_250', '/my/policy.onnx') == (
+        train, '/my/policy.onnx')
+    assert resources.launch_files('quadruped', policy_file='/my/policy.onnx') == (
+        clip, '/my/policy.onnx')
+
+
+def test_launch_files_of_a_robot_file_given_by_path(tmp_path):
+    from vrat_ros import resources
+    from vrat_ros.robots import RobotSpecError
+    text = (ROOT / 'config' / 'robots' / 'quadruped.yaml').read_text()
+    policy = tmp_path / 'trained.onnx'
+    policy.write_bytes(b'')  # only its path matters here
+    robot = tmp_path / 'my_quadruped.yaml'
+    robot.write_text(text.replace('policy: policies/quadruped_inverse_dynamics.onnx',
+                                  f'policy: {policy}'))
+    clip = resources.data_path('clips', 'quadruped', 'quadruped_eval_2010_2310.npz')
+    assert resources.launch_files(str(robot)) == (clip, str(policy))
+    bare = tmp_path / 'no_defaults.yaml'
+    bare.write_text(text[:text.index('\ndefaults:')] + '\n')
+    with pytest.raises(ValueError, match="names no default clip .*; give clip_file:=FILE"):
+        resources.launch_files(str(bare))
+    with pytest.raises(RobotSpecError, match="robot 'no_such_robot' is neither"):
+        resources.launch_files('no_such_robot')

@@ -1,9 +1,12 @@
-"""Offscreen video of the simulated rat beside its reference, and the `vrat render` command.
+"""Offscreen video of the simulated rat (or a robot) beside its reference, and `vrat render`.
 
 Rendering needs an offscreen OpenGL context: EGL (MUJOCO_GL=egl, also GPU-less through
 Mesa's llvmpipe) or OSMesa (MUJOCO_GL=osmesa). The context is chosen here rather than through
 `mujoco.Renderer`, because MuJoCo fixes its backend when it is first imported, often before
 the caller could set MUJOCO_GL. Text overlays use MuJoCo's own font (mjr_overlay).
+
+The camera distances below were chosen for the rat; a robot's (`vrat_ros.robots.Robot`) are
+scaled by its size, `camera_scale`: the ratio of its model's extent to the rat's.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import dataclasses
 import logging
 import os
 from typing import Iterator
+from typing import TYPE_CHECKING
 
 import mujoco
 import numpy as np
@@ -23,16 +27,25 @@ from vrat_ros import rat_constants as rc
 from vrat_ros.errors import VratError
 from vrat_ros.tracking import body_distances
 
+if TYPE_CHECKING:
+    from vrat_ros.robots import Robot
+
 _LOG = logging.getLogger(__name__)
 
 GL_BACKENDS = ('egl', 'osmesa')
 _GL_LIBRARIES = {'egl': 'EGL', 'osmesa': 'OSMesa'}
 VIDEO_SUFFIXES = ('.mp4', '.mkv', '.webm', '.avi', '.mov')
 _GHOST_RGBA = (0.95, 0.55, 0.2, 0.35)
+# The ghost of a body coloured like the ghost above (dm_control's quadruped is orange).
+_GHOST_RGBA_ALT = (0.2, 0.55, 0.95, 0.35)
+_GHOST_MIN_COLOUR_DISTANCE = 0.4
 _CAMERA_DISTANCE_M = 0.42
 _CAMERA_AZIMUTH_DEG = 135.0
 _CAMERA_ELEVATION_DEG = -28.0
 _LOOKAT_HEIGHT_M = 0.04
+# The rat model's `stat.extent` (MuJoCo's size of the model, m), the size the camera constants
+# above were chosen for; test_render.py checks it against the rat model.
+RAT_EXTENT_M = 0.4
 _MAX_GEOMS = 2000
 
 
@@ -107,14 +120,18 @@ class SideBySideRenderer:
 
     Each panel is `panel_width` x `height` pixels; without a simulated state only the
     reference panel is drawn. Both panels share one camera that follows the reference root,
-    so an offset between sim and reference shows as an offset on screen.
+    so an offset between sim and reference shows as an offset on screen; its distance and
+    height are the rat's times `size_scale` (see `camera_scale`).
     NOTE: it changes `model`: offscreen buffer, shadow size, head light, floor size.
     """
 
     def __init__(self, model: mujoco.MjModel, panel_width: int = 480, height: int = 400,
-                 ghost: bool = True):
+                 ghost: bool = True, size_scale: float = 1.0):
         if panel_width < 16 or height < 16:
             raise ValueError(f'frame size should be at least 16x16: got {panel_width}x{height}')
+        if not (np.isfinite(size_scale) and size_scale > 0):
+            raise ValueError(f'size_scale should be a positive number: got {size_scale}')
+        self.size_scale = float(size_scale)
         self.model = model
         self.panel_width, self.height, self.ghost = int(panel_width), int(height), ghost
         self.model.vis.global_.offwidth = max(self.model.vis.global_.offwidth, 2 * panel_width)
@@ -135,11 +152,12 @@ class SideBySideRenderer:
         self._perturb = mujoco.MjvPerturb()
         self._camera = mujoco.MjvCamera()
         self._camera.type = mujoco.mjtCamera.mjCAMERA_FREE
-        self._camera.distance = _CAMERA_DISTANCE_M
+        self._camera.distance = _CAMERA_DISTANCE_M * self.size_scale
         self._camera.azimuth = _CAMERA_AZIMUTH_DEG
         self._camera.elevation = _CAMERA_ELEVATION_DEG
         self._sim = mujoco.MjData(model)
         self._ref = mujoco.MjData(model)
+        self.ghost_rgba = ghost_rgba(model)
 
     def close(self) -> None:
         """Frees the GL resources (the renderer cannot be used afterwards)."""
@@ -163,7 +181,7 @@ class SideBySideRenderer:
             mujoco.mjv_addGeoms(self.model, ghost_of, self._option, self._perturb,
                                 mujoco.mjtCatBit.mjCAT_DYNAMIC, self._scene)
             for i in range(first, self._scene.ngeom):
-                self._scene.geoms[i].rgba[:] = _GHOST_RGBA
+                self._scene.geoms[i].rgba[:] = self.ghost_rgba
         viewport = mujoco.MjrRect(left, 0, self.panel_width, self.height)
         mujoco.mjr_render(viewport, self._scene, self._con)
         font = mujoco.mjtFont.mjFONT_NORMAL
@@ -180,7 +198,7 @@ class SideBySideRenderer:
         self._ref.qpos[:] = ref_qpos
         mujoco.mj_kinematics(self.model, self._ref)
         root = self._ref.xpos[1]
-        self._camera.lookat[:] = (root[0], root[1], _LOOKAT_HEIGHT_M)
+        self._camera.lookat[:] = (root[0], root[1], _LOOKAT_HEIGHT_M * self.size_scale)
         lines = [('time', f'{info.time_s:6.2f} s')]
         if info.body_error_mm is not None:
             lines.append(('body error', f'{info.body_error_mm:6.1f} mm'))
@@ -200,6 +218,42 @@ class SideBySideRenderer:
         return np.flipud(rgb).copy()  # OpenGL rows run bottom-up
 
 
+def camera_scale(model: mujoco.MjModel) -> float:
+    """How much farther than the rat's the camera stands from a body: its extent / the rat's.
+
+    MuJoCo's `stat.extent` spans the model's bodies and geoms (not the floor plane) unless
+    the MJCF sets it (<statistic extent=...>); dm_control's quadruped: 3.0 m, 7.5 times the
+    rat's. Known shortcoming: a model whose MJCF sets a larger extent (e.g. to span a scene)
+    is framed from too far.
+    """
+    return float(model.stat.extent) / RAT_EXTENT_M
+
+
+def ghost_rgba(model: mujoco.MjModel) -> tuple[float, float, float, float]:
+    """The reference ghost's colour: orange, or blue on a body whose mean colour is orange-like.
+
+    The body's colour is the mean RGB of its visible geoms (their material's when they have
+    one), leaving out the world body's (floor, walls).
+    """
+    colours = [model.mat_rgba[m] if m >= 0 else model.geom_rgba[g]
+               for g, m in enumerate(model.geom_matid) if model.geom_bodyid[g] > 0]
+    colours = np.array([c[:3] for c in colours if c[3] > 0])
+    if len(colours) and np.linalg.norm(colours.mean(axis=0) - _GHOST_RGBA[:3]) \
+            < _GHOST_MIN_COLOUR_DISTANCE:
+        return _GHOST_RGBA_ALT
+    return _GHOST_RGBA
+
+
+def _render_body(robot: 'str | os.PathLike | Robot | None', scale: float):
+    """(the rat of `scale`, or the robot, and the camera's size scale for it)."""
+    if robot is None:
+        from vrat_ros.rat_model import RatBody
+        return RatBody(scale=scale), 1.0  # the rat's camera, whatever its body scale
+    from vrat_ros.robots import Robot
+    body = robot if isinstance(robot, Robot) else Robot(robot)
+    return body, camera_scale(body.model)
+
+
 def body_position_error_mm(model: mujoco.MjModel, sim_qpos: np.ndarray, ref_qpos: np.ndarray,
                            body_ids: npt.ArrayLike) -> np.ndarray:
     """Returns (T,) mean distance (mm) between sim and reference positions of `body_ids`."""
@@ -217,22 +271,26 @@ def _check_qpos(name: str, qpos: npt.ArrayLike, nq: int) -> np.ndarray:
 
 def render_frames(sim_qpos: npt.ArrayLike | None, ref_qpos: npt.ArrayLike, fps: float,
                   width: int = 960, height: int = 400, scale: float = rc.DEFAULT_BODY_SCALE,
-                  start_time_s: float = 0.0, ghost: bool = True) -> Iterator[np.ndarray]:
+                  start_time_s: float = 0.0, ghost: bool = True,
+                  robot: 'str | os.PathLike | Robot | None' = None) -> Iterator[np.ndarray]:
     """Yields (height, width, 3) uint8 frames, one per row of `ref_qpos`.
 
     Args:
-        sim_qpos: (T, 74) simulated states, or None to show the reference alone.
-        ref_qpos: (T, 74) reference states at the same times.
+        sim_qpos: (T, nq) simulated states (the rat: nq = 74), or None to show the reference
+            alone.
+        ref_qpos: (T, nq) reference states at the same times.
         fps: rate of the rows (Hz); the overlay time is start_time_s + row / fps.
         width: frame width in pixels (two panels of width / 2 each with a sim; the reference
             alone is width / 2 wide).
         height: frame height in pixels.
-        scale: body scale of the rat the states belong to.
+        scale: body scale of the rat the states belong to (not used for a robot).
         start_time_s: time shown for the first row (s).
         ghost: draw the reference as a translucent ghost over the sim.
+        robot: the robot the states belong to: a `vrat_ros.robots.Robot` (its model is then
+            changed, see `SideBySideRenderer`) or a robot name or YAML path; None: the rat.
+            The overlaid body error is over `tracked_body_ids` (a robot: torso and feet).
     """
-    from vrat_ros.rat_model import RatBody
-    body = RatBody(scale=scale)
+    body, size_scale = _render_body(robot, scale)
     ref = _check_qpos('ref_qpos', ref_qpos, body.nq)
     sim = None if sim_qpos is None else _check_qpos('sim_qpos', sim_qpos, body.nq)
     if sim is not None and sim.shape != ref.shape:
@@ -242,7 +300,7 @@ def render_frames(sim_qpos: npt.ArrayLike | None, ref_qpos: npt.ArrayLike, fps: 
     errors = (None if sim is None
               else body_position_error_mm(body.model, sim, ref, body.tracked_body_ids))
     with SideBySideRenderer(body.model, panel_width=width // 2, height=height,
-                            ghost=ghost) as renderer:
+                            ghost=ghost, size_scale=size_scale) as renderer:
         for t in range(ref.shape[0]):
             info = FrameInfo(start_time_s + t / fps, None if errors is None else errors[t])
             yield renderer.render(ref[t], None if sim is None else sim[t], info)
@@ -283,7 +341,7 @@ def _frame_writer(out: str, fps: float):
 def render_video(sim_qpos: npt.ArrayLike | None, ref_qpos: npt.ArrayLike, fps: float,
                  out: str, width: int = 960, height: int = 400,
                  scale: float = rc.DEFAULT_BODY_SCALE, start_time_s: float = 0.0,
-                 ghost: bool = True) -> int:
+                 ghost: bool = True, robot: 'str | os.PathLike | Robot | None' = None) -> int:
     """Renders a run (see `render_frames`) to `out` and returns the number of frames.
 
     `out` ending in .mp4 (or .mkv, .webm, .avi, .mov) is encoded with H.264 through
@@ -299,7 +357,8 @@ def render_video(sim_qpos: npt.ArrayLike | None, ref_qpos: npt.ArrayLike, fps: f
     if suffix not in VIDEO_SUFFIXES + ('.gif', ''):
         raise RenderError(f"output '{out}' should end in one of {VIDEO_SUFFIXES + ('.gif',)}, "
                           'or have no suffix (a folder of PNG frames)')
-    frames = render_frames(sim_qpos, ref_qpos, fps, width, height, scale, start_time_s, ghost)
+    frames = render_frames(sim_qpos, ref_qpos, fps, width, height, scale, start_time_s, ghost,
+                           robot)
     first = next(frames)  # checks the inputs and the GL backend before any file is opened
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     append, close = _frame_writer(out, fps)
@@ -315,6 +374,18 @@ def render_video(sim_qpos: npt.ArrayLike | None, ref_qpos: npt.ArrayLike, fps: f
         close()
     _LOG.info('wrote %d frames to %s', count, out)
     return count
+
+
+def write_png(frame: np.ndarray, out: str) -> None:
+    """Writes one (height, width, 3) uint8 frame to the PNG file `out`, with 256 colours.
+
+    The frames are shaded bodies on a plain background, so a palette keeps the picture and the
+    file is a fraction of an RGB PNG's size.
+    """
+    from PIL import Image
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    Image.fromarray(np.asarray(frame, dtype=np.uint8)).quantize(
+        256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
 
 
 def sample_clip(clip, fps: float, start_s: float = 0.0,
@@ -341,35 +412,120 @@ def check_render_settings(fps: float, width: int, height: int) -> None:
                              f'got {value}')
 
 
+def _render_inputs(args: argparse.Namespace):
+    """(body, clip in the body's joint order, policy path or None, robot or None) of a render.
+
+    The body is the rat (`RatBody` at the clip's scale) without --robot or with the rat's own
+    robot file, else the `Robot`; clip and policy default to the robot file's `defaults`.
+
+    Raises:
+        VratError, ValueError: (one line) an unknown robot, a clip made for another body or
+            lacking its joints (matched by name), or a missing policy.
+    """
+    from vrat_ros import resources
+    from vrat_ros.clip import Clip
+    from vrat_ros.errors import ClipError
+    from vrat_ros.robots import is_rat
+    rat = args.robot is None or is_rat(args.robot)
+    robot = None
+    if rat:
+        clip_path = (resources.resolve_clip_path(args.clip) if args.clip
+                     else resources.default_clip_path())
+        name = 'rat'
+    else:
+        from vrat_ros.robots import Robot
+        robot = Robot(args.robot)
+        name = robot.spec.name
+        clip_path = (resources.resolve_clip_path(args.clip) if args.clip
+                     else resources.robot_default_clip(robot.spec))
+        if clip_path is None:
+            raise ValueError(f"robot '{name}' names no default clip (defaults.clip in "
+                             f"'{robot.spec.path}'); give --clip")
+    clip = Clip.load(clip_path)
+    made_for = clip.meta.get('robot') if isinstance(clip.meta, dict) else None
+    if made_for is not None and made_for != name:
+        raise ValueError(f"clip '{clip_path}' was made for robot '{made_for}', not for "
+                         f"'{name}'" + (f' (give --robot {made_for})' if rat else ''))
+    if rat:
+        from vrat_ros.rat_model import RatBody
+        body = RatBody(scale=clip.body_scale)
+    else:
+        body = robot
+    try:
+        clip = clip.reorder_to(body.hinge_names)  # joints matched by name
+    except ClipError as exc:
+        raise ClipError(f"clip '{clip_path}' does not fit "
+                        + ('the rat' if rat else f"robot '{name}'") + f': {exc}') from None
+    policy = None
+    if args.controller == 'policy':
+        policy = ((args.policy or resources.default_policy_path()) if rat
+                  else resources.robot_policy_path(robot.spec, args.policy))
+    return body, clip, policy, robot
+
+
+def _check_frame_options(args: argparse.Namespace) -> None:
+    """Refuses, before any work, --frame-at with --seconds or a non-PNG output, and the reverse."""
+    is_png = os.path.splitext(args.out)[1].lower() == '.png'
+    if args.frame_at is None:
+        if is_png:
+            raise RenderError(f"output '{args.out}' is one PNG frame: give --frame-at SECONDS, "
+                              'or a folder (no suffix) for every frame')
+        return
+    if not is_png:
+        raise RenderError(f"--frame-at writes one PNG frame: --out should end in .png, got "
+                          f"'{args.out}'")
+    if args.seconds is not None:
+        raise ValueError('--frame-at renders the one frame at that time; leave out --seconds')
+    if not (np.isfinite(args.frame_at) and args.frame_at >= args.start):
+        raise ValueError(f'--frame-at should be a clip time at or after --start ({args.start} '
+                         f's): got {args.frame_at}')
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     import sys
     check_render_settings(args.fps, args.width, args.height)
+    _check_frame_options(args)
     from vrat_ros.cli import _check_output_path
     _check_output_path(args.out, make_folders=True)  # render_video makes missing folders
-    from vrat_ros import resources
-    from vrat_ros.clip import Clip
-    from vrat_ros.rat_model import RatBody
-    clip = Clip.load(resources.resolve_clip_path(args.clip) if args.clip
-                     else resources.default_clip_path())
-    body = RatBody(scale=clip.body_scale)
-    clip = clip.reorder_to(body.hinge_names)
-    sim = None
+    body, clip, policy, robot = _render_inputs(args)
+    if args.frame_at is not None and args.frame_at >= clip.duration_s:
+        raise ValueError(f'--frame-at {args.frame_at} s is past the end of the clip '
+                         f'({clip.duration_s:.3f} s)')
+    sim, fps = None, args.fps
     if args.controller != 'none':
-        # Simulate first (the inline loop at 50 Hz), then render at the video rate.
+        # Simulate first (the inline loop at the body's control rate), then render at the
+        # video rate.
         from vrat_ros.evaluate import make_controller
+        from vrat_ros.rollout import default_control_rate_hz
         from vrat_ros.rollout import run_inline
-        controller = make_controller(
-            args.controller, args.policy or resources.default_policy_path())
-        run = run_inline(body, clip, controller, seconds=args.seconds, start_time_s=args.start)
-        step = max(1, int(round(len(run.times) / max(run.times[-1] - run.times[0], 1e-9)
-                                / args.fps)))
-        sim, ref = run.qpos[::step], run.ref_qpos[::step]
-        fps = 1.0 / (step * (run.times[1] - run.times[0]))
+        controller = make_controller(args.controller, policy)
+        seconds = args.seconds
+        if args.frame_at is not None:  # to the control step nearest to the frame
+            dt = 1.0 / default_control_rate_hz(body)
+            seconds = max(np.floor((args.frame_at - args.start) / dt + 0.5) * dt, 1e-9)
+        run = run_inline(body, clip, controller, seconds=seconds, start_time_s=args.start)
+        if args.frame_at is not None:
+            sim, ref, first_time = run.qpos[-1:], run.ref_qpos[-1:], float(run.times[-1])
+        else:
+            step = max(1, int(round(len(run.times) / max(run.times[-1] - run.times[0], 1e-9)
+                                    / args.fps)))
+            sim, ref, first_time = run.qpos[::step], run.ref_qpos[::step], args.start
+            fps = 1.0 / (step * (run.times[1] - run.times[0]))
+    elif args.frame_at is not None:
+        ref, first_time = clip.sample(args.frame_at)[None], args.frame_at
     else:
-        ref = sample_clip(clip, args.fps, args.start, args.seconds)
-        fps = args.fps
+        ref, first_time = sample_clip(clip, args.fps, args.start, args.seconds), args.start
+    if args.frame_at is not None:
+        frames = render_frames(sim, ref, fps, width=2 * args.width, height=args.height,
+                               scale=clip.body_scale, start_time_s=first_time, robot=robot)
+        try:
+            write_png(next(frames), args.out)
+        finally:
+            frames.close()
+        sys.stdout.write(f'wrote the frame at {first_time:.2f} s to {args.out}\n')
+        return 0
     count = render_video(sim, ref, fps, args.out, width=2 * args.width, height=args.height,
-                         scale=clip.body_scale, start_time_s=args.start)
+                         scale=clip.body_scale, start_time_s=first_time, robot=robot)
     sys.stdout.write(f'wrote {count} frames ({count / fps:.2f} s) to {args.out}\n')
     return 0
 
@@ -379,18 +535,30 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     from vrat_ros import urdf_export
     p = subparsers.add_parser(
         'render', help='Render offscreen to a video (MUJOCO_GL=egl or osmesa): the simulated '
-                       'rat beside its reference with time and tracking error overlaid, or, '
-                       'with --controller none, the reference replayed alone.')
-    p.add_argument('--clip', help='Reference clip (.npz); default: the shipped real rat clip.')
-    p.add_argument('--policy', help='ONNX policy (default: the shipped one).')
+                       'rat (or --robot) beside its reference with time and tracking error '
+                       'overlaid, or, with --controller none, the reference replayed alone; '
+                       'with --frame-at, one PNG frame.')
+    p.add_argument('--robot', metavar='NAME_OR_YAML',
+                   help='The body: a robot name in config/robots (e.g. quadruped) or a robot '
+                        "YAML path (default: the rat); its file's defaults give the clip and "
+                        'the policy.')
+    p.add_argument('--clip', help='Reference clip: a .npz path or a name from vrat clips; '
+                                  'default: the shipped real rat clip (for --robot, the robot '
+                                  "file's defaults.clip).")
+    p.add_argument('--policy', help='ONNX policy; default: the shipped one (for --robot, the '
+                                    "robot file's defaults.policy).")
     p.add_argument('--controller', choices=['policy', 'pd', 'zero', 'none'], default='policy',
-                   help='What drives the simulated rat (default policy); none renders the '
+                   help='What drives the simulated body (default policy); none renders the '
                         'reference alone.')
     p.add_argument('--out', required=True,
-                   help='Output: .mp4 (H.264), .gif, or a folder (no suffix) of PNG frames.')
+                   help='Output: .mp4 (H.264), .gif, or a folder (no suffix) of PNG frames; '
+                        'with --frame-at, a .png file.')
     p.add_argument('--seconds', type=float, default=None,
                    help='Seconds of the clip to render (default: all of it).')
     p.add_argument('--start', type=float, default=0.0, help='Clip time (s) to start from.')
+    p.add_argument('--frame-at', type=float, default=None, metavar='SECONDS',
+                   help='Write only the frame at this clip time (s) to --out (.png); the '
+                        'controller runs from --start to it.')
     p.add_argument('--fps', type=float, default=30.0, help='Video frame rate (default 30).')
     p.add_argument('--width', type=int, default=480,
                    help='Width of one panel in pixels (default 480).')

@@ -121,3 +121,49 @@ def robot_policy_path(spec, given: str | None = None, hint: str = '') -> str:
                               f'not exist; make one with {train} and copy its policy.onnx '
                               f'there, or give --policy FILE{hint}')
     return path
+
+
+def launch_files(robot: str, clip_file: str = '', policy_file: str = '') -> tuple[str, str]:
+    """The (clip, policy) files launch/sim.launch.py hands its nodes for a robot.
+
+    A file given (non-empty) is kept (a clip name that `vrat clips` lists becomes its path);
+    one left empty comes from the robot: the rat's shipped clip and policy for 'rat' (or the
+    rat's robot file), else the robot file's `defaults.clip` and `defaults.policy`.
+
+    Args:
+        robot: the launch file's `robot` argument: a robot name or a robot YAML path.
+        clip_file: the `clip_file` argument ('' when not given).
+        policy_file: the `policy_file` argument ('' when not given).
+
+    Raises:
+        RobotSpecError: (one line) an unknown robot or a bad robot file.
+        PolicyLoadError, ValueError: (one line) the robot names no default, or its default
+            policy file does not exist; the message names the argument to give.
+    """
+    import os
+    from vrat_ros.errors import PolicyLoadError
+    from vrat_ros.robots import is_rat
+    from vrat_ros.robots import load_robot_spec
+    clip_file, policy_file = str(clip_file).strip(), str(policy_file).strip()
+    if is_rat(robot):
+        return (resolve_clip_path(clip_file) if clip_file else default_clip_path(),
+                policy_file or default_policy_path())
+    spec = load_robot_spec(robot)
+    if clip_file:
+        clip = resolve_clip_path(clip_file)
+    else:
+        clip = robot_default_clip(spec)
+        if clip is None:
+            raise ValueError(f"robot '{spec.name}' names no default clip (defaults.clip in "
+                             f"'{spec.path}'); give clip_file:=FILE")
+    if policy_file:
+        return clip, policy_file
+    policy = robot_default_policy(spec)
+    if policy is None:
+        raise PolicyLoadError(f"robot '{spec.name}' names no default policy (defaults.policy "
+                              f"in '{spec.path}'); give policy_file:=FILE")
+    if not os.path.isfile(policy):
+        raise PolicyLoadError(f"robot '{spec.name}' has no trained policy yet: '{policy}' does "
+                              f'not exist; make one with `vrat train --robot {spec.name}` and '
+                              'copy its policy.onnx there, or give policy_file:=FILE')
+    return clip, policy

@@ -395,3 +395,111 @@ def test_smoothing_longer_than_the_cap_or_the_clip_is_refused_before_fitting(mon
     with pytest.raises(ValueError, match=r'clip \(0.1 s\)'):
         fitter.fit(np.zeros((4, 1, 3)), fps=30.0)
     assert kf.MAX_SMOOTH_S == 1.0
+
+
+# -- physical support ---------------------------------------------------------------------------
+
+RAT7M_MAT = RAT_DATA / 'demo_indices.mat'
+needs_rat7m = pytest.mark.skipif(not RAT7M_MAT.is_file(),
+                                 reason=f'Rat7M recording not found at {RAT7M_MAT}')
+# Rat7M frames 2225-2234, a walk. Measured: without the option a forepaw hangs 21-40 mm
+# above the floor in every frame and PD holds 1 of the 10 poses for 1 s; with support_weight
+# 3 the lowest sole point of every paw lies within 6.5 mm of the floor (2.2 mm above it at
+# most; a forepaw tilted into it, 6.5 mm below, at worst), PD holds all 10, and the mean
+# keypoint residual grows from 2.2 to 5.0 mm.
+SUPPORT_FRAMES = (2225, 2235)
+SUPPORT_WEIGHT = 3.0
+
+
+def _lowest_sole_mm(fitter, clip):
+    """(T, paws) lowest sole point of each paw above the floor (mm)."""
+    qpos = clip.reorder_to(fitter.body.hinge_names).qpos
+    out = []
+    for q in qpos:
+        fitter._forward(q)
+        out.append([np.min(fitter._paw_points(p)[0][:, 2]) * 1e3 for p in fitter.paws])
+    return np.array(out)
+
+
+@pytest.fixture(scope='module')
+def rat7m_support_fits():
+    from vrat_ros import importers
+    fits = {}
+    for weight in (0.0, SUPPORT_WEIGHT):
+        clip, report = importers.import_clip(
+            RAT7M_MAT, frames=SUPPORT_FRAMES, scale=0.9, animal_scale=1.013,
+            options=kf.FitOptions(support_weight=weight))
+        fits[weight] = clip, report, kf.pose_holdability(clip, frames=range(clip.n_frames))
+    return fits
+
+
+def test_paws_of_the_body_and_their_reach():
+    fitter = kf.KeypointFitter(kf.load_marker_set(), list(kf.RAT23_KEYPOINTS))
+    assert [p.name for p in fitter.paws] == ['hand_L', 'hand_R', 'foot_L', 'foot_R']
+    reach = {p.name: p.reach * 1e3 for p in fitter.paws}
+    # Stretched limb lengths of the 0.9 body (mm): the hind legs are the longer ones.
+    assert reach['hand_L'] == pytest.approx(70.7, abs=0.5) == reach['hand_R']
+    assert reach['foot_L'] == pytest.approx(103.7, abs=0.5) == reach['foot_R']
+    # rat23 observes every paw (HandL on hand_L, FootL on foot_L, ...).
+    assert all(p.markers.size == 1 for p in fitter.paws)
+    assert fitter.support_sqrt_w == 0.0  # off by default
+
+
+def test_support_polygon_distance():
+    square = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    assert kf._nearest_on_support(np.array([0.5, 0.5]), square)[0] == 0.0
+    dist, normal, i, j, t = kf._nearest_on_support(np.array([0.5, -2.0]), square)
+    assert dist == pytest.approx(2.0)
+    np.testing.assert_allclose(normal, [0.0, -1.0])
+    nearest = (1 - t) * square[i] + t * square[j]
+    np.testing.assert_allclose(nearest, [0.5, 0.0])
+    # Two points (no area): the distance to the segment between them.
+    assert kf._nearest_on_support(np.array([0.5, 1.0]), square[:2])[0] == pytest.approx(1.0)
+
+
+def test_pose_holdability_holds_dannce_poses_and_not_a_pose_in_the_air():
+    clip = Clip.load(str(SHIPPED_CLIP))
+    held = kf.pose_holdability(clip, frames=[0, 500, 999])
+    assert held['held'] == [True, True, True] and held['held_fraction'] == 1.0
+    lifted = Clip(qpos=clip.qpos[:2] + np.r_[0.0, 0.0, 0.3, np.zeros(clip.qpos.shape[1] - 3)],
+                  fps=clip.fps, joint_names=clip.joint_names, body_scale=clip.body_scale,
+                  meta={})
+    dropped = kf.pose_holdability(lifted, frames=[0])
+    assert dropped['held'] == [False] and dropped['failure_reason'] == ['root']
+    assert 0.0 < dropped['failure_time_s'][0] < kf.HOLD_SECONDS
+
+
+@needs_rat7m
+def test_support_puts_unobserved_paws_down_and_makes_rat7m_poses_holdable(rat7m_support_fits):
+    fitter = kf.KeypointFitter(kf.load_marker_set(), list(kf.RAT23_KEYPOINTS))
+    plain, plain_report, plain_held = rat7m_support_fits[0.0]
+    fitted, report, held = rat7m_support_fits[SUPPORT_WEIGHT]
+    assert fitted.meta['fit_options']['support_weight'] == SUPPORT_WEIGHT
+    low, plain_low = _lowest_sole_mm(fitter, fitted), _lowest_sole_mm(fitter, plain)
+    # Without the option a forepaw hangs in every frame; with it every paw is on the floor.
+    assert np.min(np.max(plain_low[:, :2], axis=1)) > 15.0
+    assert np.all(np.abs(low) < 8.0) and np.all(low < 3.0)
+    # PD holds every pose for 1 s with the option, and at most one without it.
+    assert held['held'] == [True] * 10
+    assert sum(plain_held['held']) <= 1
+    # The keypoints pay for it, within reason.
+    assert plain_report['residual_mm_mean'] < 2.5
+    assert 3.5 < report['residual_mm_mean'] < 6.0
+
+
+@needs_rat7m
+def test_cli_import_support_weight_reaches_the_fit(tmp_path):
+    import argparse
+
+    from vrat_ros import cli_import
+    parser = argparse.ArgumentParser(prog='vrat')
+    cli_import.add_subcommands(parser.add_subparsers(dest='command', required=True))
+    out = tmp_path / 'walk.npz'
+    args = parser.parse_args(['import', str(RAT7M_MAT), '--frames', '2230:2233',
+                              '--animal-scale', '1.013', '--support-weight', '3',
+                              '--out', str(out), '--no-progress'])
+    assert args.func(args) == 0
+    assert Clip.load(str(out)).meta['fit_options']['support_weight'] == 3.0
+    assert parser.parse_args(['import', 'x.mat']).support_weight == 0.0
+    with pytest.raises(SystemExit):
+        parser.parse_args(['import', 'x.mat', '--support-weight', '-1'])

@@ -89,6 +89,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--no-fill-gaps', action='store_true',
                    help='Keep the solver\'s joint angles where markers are missing instead of '
                         'interpolating the joints they observe across the gap.')
+    p.add_argument('--support-weight', type=_non_negative_float, default=0.0, metavar='W',
+                   help='Make fitted poses physically supportable where no keypoint observes '
+                        'a paw: pull the soles of paws that can reach the floor down to it '
+                        'and the centre of mass over them, with this weight against the '
+                        'keypoints (default 0: off; 3 was measured on the Rat7M clips, see '
+                        'vrat_ros.keypoint_fit.KeypointFitter).')
     p.add_argument('--out', help='Clip file to write (.npz); default: the clip library.')
     p.add_argument('--report', help='Also write the summary as JSON to this file.')
     p.add_argument('--no-progress', action='store_true', help='Hide the progress bar.')
@@ -149,7 +155,8 @@ def run_import(args: argparse.Namespace) -> int:
         if args.smooth > MAX_SMOOTH_S:  # before any work; the fit also refuses > clip length
             raise ValueError(f'--smooth {args.smooth:g} s is too long: it should be at most '
                              f'{MAX_SMOOTH_S:g} s')
-        options = FitOptions(fill_gaps=not args.no_fill_gaps, smooth_s=args.smooth)
+        options = FitOptions(fill_gaps=not args.no_fill_gaps, smooth_s=args.smooth,
+                             support_weight=args.support_weight)
         if 'fit' in (args.scale, args.animal_scale):
             print('vrat import: estimating the body scale from the keypoints ...',
                   file=sys.stderr)

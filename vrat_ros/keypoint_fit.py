@@ -12,10 +12,13 @@ Gaps and bad labels: keypoints that fail the marker set's label checks are dropp
 after the fit, joints whose keypoints are all missing are interpolated across the gap, and
 the poses can be low-passed (`FitOptions.fill_gaps`, `FitOptions.smooth_s`).
 
-Known shortcoming: the fit is kinematic only. It knows the floor but not balance or support,
-so where no paw is observed (the Rat7M markers) it can return poses that this body cannot hold:
-from most Rat7M frames, even held still, the simulated rat falls within 0.5 s under any of the
-shipped controllers, while every DANNCE frame tried is held.
+Known shortcoming: by default the fit is kinematic only. It knows the floor but not balance or
+support, so where no paw is observed (the Rat7M markers) it can return poses that this body
+cannot hold: from most Rat7M frames, even held still, the simulated rat falls within 0.5 s under
+any of the shipped controllers, while every DANNCE frame tried is held (`pose_holdability`
+measures this). `FitOptions.support_weight` (`vrat import --support-weight`) adds soft support
+costs (paws on the floor, centre of mass over them) that make most such poses holdable, at
+the price of a larger keypoint residual; see `KeypointFitter`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import mujoco
 import numpy as np
 import numpy.typing as npt
 import scipy.io
+import scipy.spatial
 import yaml
 
 from vrat_ros import rat_constants as rc
@@ -73,6 +77,12 @@ _GEOM_CAPSULE = int(mujoco.mjtGeom.mjGEOM_CAPSULE)
 _GEOM_ELLIPSOID = int(mujoco.mjtGeom.mjGEOM_ELLIPSOID)
 _GEOM_BOX = int(mujoco.mjtGeom.mjGEOM_BOX)
 _FLOOR_GEOM_TYPES = (_GEOM_SPHERE, _GEOM_CAPSULE, _GEOM_ELLIPSOID, _GEOM_BOX)
+
+# The paws of the body for `FitOptions.support_weight`: (paw, limb root). A paw is the named
+# body (its origin is the wrist or ankle) and every body below it (fingers, toes); its limb
+# runs from the limb root (its origin is the shoulder or hip joint) down to it.
+PAW_LIMBS = (('hand_L', 'upper_arm_L'), ('hand_R', 'upper_arm_R'),
+             ('foot_L', 'upper_leg_L'), ('foot_R', 'upper_leg_R'))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,6 +530,13 @@ class FitOptions:
             fitted poses (root position, root rotation, hinges) after gap filling; 0 is off.
             Needs the frame rate (`KeypointFitter.fit(..., fps=)`); at most MAX_SMOOTH_S
             (1 s) and no longer than the clip.
+        support_weight: weight (mm^2 per mm^2) of the physical-support terms, 0 (default) is
+            off. For every paw (`PAW_LIMBS`) that no present keypoint observes in a frame and
+            whose limb can reach the floor, the sole (both ends of every capsule of the hand
+            and fingers, foot and toes) is pulled down to the floor, and the whole body's
+            centre of mass is pulled horizontally into the support polygon of the paws on the
+            floor. Meant for marker sets without paw markers (Rat7M); see `KeypointFitter`
+            ("Physical support").
     """
 
     iterations: int = 12
@@ -534,6 +551,7 @@ class FitOptions:
     min_keypoints: int = 6
     fill_gaps: bool = True
     smooth_s: float = 0.0
+    support_weight: float = 0.0
 
     def to_dict(self) -> dict:
         """Returns the settings as a JSON-friendly dict (for a clip's provenance)."""
@@ -562,8 +580,95 @@ def _support_points_down(
     return xpos + np.einsum('gij,gj->gi', rot, local)
 
 
+def _geom_extent(geom_type: int, size: np.ndarray) -> float:
+    """Returns the largest distance (m) from a geom's centre to its surface."""
+    if geom_type == _GEOM_CAPSULE:
+        return float(size[0] + size[1])
+    if geom_type == _GEOM_BOX:
+        return float(np.linalg.norm(size))
+    if geom_type == _GEOM_ELLIPSOID:
+        return float(np.max(size))
+    return float(size[0])
+
+
+def _nearest_on_support(point: np.ndarray, support: np.ndarray
+                        ) -> tuple[float, np.ndarray, int, int, float]:
+    """Returns how far a 2-D point lies outside the convex hull of 2-D support points.
+
+    Args:
+        point: (2,) the point (the centre of mass, projected on the floor).
+        support: (S, 2) support points, S >= 1.
+
+    Returns:
+        distance: 0 inside the hull (or on it), else the distance to it.
+        normal: (2,) unit vector from the nearest hull point towards `point` (zeros inside).
+        i, j, s: the nearest hull point is (1 - s) support[i] + s support[j].
+    """
+    if len(support) >= 3:
+        try:
+            hull = scipy.spatial.ConvexHull(support)
+        except scipy.spatial.QhullError:  # collinear or repeated points: no area
+            pass
+        else:
+            if np.all(hull.equations[:, :2] @ point + hull.equations[:, 2] <= 0.0):
+                return 0.0, np.zeros(2), 0, 0, 0.0
+    # Outside: the nearest hull point lies on a segment between two support points.
+    best = (np.inf, np.zeros(2), 0, 0, 0.0)
+    for i in range(len(support)):
+        for j in range(i, len(support)):
+            edge = support[j] - support[i]
+            length2 = float(edge @ edge)
+            t = 0.0 if length2 == 0.0 else float(np.clip((point - support[i]) @ edge / length2,
+                                                         0.0, 1.0))
+            gap = point - (support[i] + t * edge)
+            dist = float(np.linalg.norm(gap))
+            if dist < best[0]:
+                best = (dist, gap / dist if dist > 0 else np.zeros(2), i, j, t)
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class _Paw:
+    """One paw of the body, for the physical-support terms of the fit."""
+
+    name: str
+    limb_root: int  # body id of the limb's top; its origin is the shoulder or hip joint
+    geoms: np.ndarray  # rows of `floor_geoms` on the paw's bodies
+    markers: np.ndarray  # used markers on the paw's bodies
+    reach: float  # the limb's length (m), from the limb root's origin to the paw's surface
+
+
 class KeypointFitter:
-    """Per-frame inverse kinematics of the rat body onto keypoints of one marker set."""
+    """Per-frame inverse kinematics of the rat body onto keypoints of one marker set.
+
+    Physical support (`FitOptions.support_weight` > 0): marker sets without paw markers
+    (Rat7M) leave the paws to the posture prior, so fitted poses often have a paw hanging in
+    the air, the hind feet on tiptoe under a hip held higher than the legs can hold, and the
+    centre of mass outside the paws (measured: the PD controller cannot hold 14 of 15 such
+    poses for 1 s, and holds every DANNCE pose, whose paws are observed). Two soft costs, in
+    the same mm^2 as the keypoints and weighted by `support_weight`, then join the fit in
+    each frame:
+
+    - Paw contact: a paw (`PAW_LIMBS`: hand or foot and the bodies below it) that no present
+      keypoint observes, on a limb whose root (shoulder or hip joint) is no higher above the
+      floor than the limb is long when stretched (`_Paw.reach`, from the model's body
+      offsets and geoms), is put on the floor: the lowest point of both ends of each of its
+      capsules (the lowest point of other geoms) is pulled down to z = 0. Rats stand
+      plantigrade, so the whole sole is pulled, heel included, not only the tip; that is
+      what lowers a hip held higher than the legs can hold (fitted Rat7M hind feet stand on
+      tiptoe with the ankle some 30 mm up, and the ankle gives way under PD). A paw on a
+      limb that cannot reach the floor (a forepaw in a rear) is left in the air.
+    - Balance: while any paw is pulled, the horizontal distance of the whole body's centre of
+      mass outside the convex hull of the lowest points of the paws on the floor (the pulled
+      ones, and observed ones within `paw_contact_m` of it) is pulled to zero, so that the
+      weight rests on the paws.
+
+    Known shortcomings: whether a paw is pulled is decided afresh at every solver iterate, so
+    the cost jumps where a wrist or ankle crosses its reach (the solver only takes steps that
+    lower the cost, so it stays stable); the support polygon has no safety margin; the
+    torques needed to hold the pose are not checked (the legs' strength enters only through
+    the plantigrade stance).
+    """
 
     def __init__(self, marker_set: MarkerSet, keypoint_names: Sequence[str],
                  scale: float = rc.DEFAULT_BODY_SCALE, options: FitOptions | None = None):
@@ -649,8 +754,76 @@ class KeypointFitter:
             and int(m.geom_type[g]) in _FLOOR_GEOM_TYPES
         ], dtype=int)
         self._jacp = np.zeros((3, m.nv))
+        self._jacp_b = np.zeros((3, m.nv))
         self._diff = np.zeros(m.nv)
         self._step = np.zeros(m.nv)
+        self.paws, self.paw_contact_m = self._build_paws()
+        self.support_sqrt_w = float(np.sqrt(max(opt.support_weight, 0.0)))
+
+    def _build_paws(self) -> tuple[list[_Paw], float]:
+        """Returns the paws (of `PAW_LIMBS`, those the model has) and the contact distance.
+
+        A limb's stretched length is the sum of the offsets of the bodies from its root down
+        to the paw plus the paw's farthest surface point from the wrist or ankle (in the
+        rest pose). The contact distance (m), within which an observed paw counts as standing
+        on the floor, is the largest radius of a paw geom.
+        """
+        m, names = self.model, self.body.body_names
+        rest = mujoco.MjData(m)
+        rest.qpos[:] = self.body.default_qpos()
+        mujoco.mj_kinematics(m, rest)
+        geom_body = m.geom_bodyid[self.floor_geoms]
+        paws, thickness = [], 0.0
+        for paw_name, limb_name in PAW_LIMBS:
+            if paw_name not in names or limb_name not in names:
+                continue
+            root, limb_root = names.index(paw_name), names.index(limb_name)
+            subtree = []
+            for b in range(m.nbody):
+                a = b
+                while a > root:
+                    a = int(m.body_parentid[a])
+                if a == root:
+                    subtree.append(b)
+            rows = np.flatnonzero(np.isin(geom_body, subtree))
+            if rows.size == 0:
+                continue
+            length, b = 0.0, root
+            while b != limb_root and b > 0:
+                length += float(np.linalg.norm(m.body_pos[b]))
+                b = int(m.body_parentid[b])
+            if b != limb_root:
+                continue  # the limb root is not above the paw in this model
+            geoms = self.floor_geoms[rows]
+            length += max(float(np.linalg.norm(rest.geom_xpos[g] - rest.xpos[root]))
+                          + _geom_extent(int(m.geom_type[g]), m.geom_size[g]) for g in geoms)
+            thickness = max([thickness] + [float(m.geom_size[g, 0]) for g in geoms])
+            markers = np.flatnonzero(np.isin(self.marker_body, subtree))
+            paws.append(_Paw(paw_name, limb_root, rows, markers, length))
+        return paws, thickness
+
+    def _paw_points(self, paw: _Paw) -> tuple[np.ndarray, np.ndarray]:
+        """Returns the sole of a paw: (P, 3) points and (P,) the body each is on.
+
+        Both ends of each capsule (the lowest point of each end sphere) and the lowest point
+        of each other geom, at the current kinematics.
+        """
+        m, d = self.model, self.data
+        geoms = self.floor_geoms[paw.geoms]
+        points = [self._floor_points_of(geoms)]
+        bodies = [m.geom_bodyid[geoms]]
+        caps = geoms[m.geom_type[geoms] == _GEOM_CAPSULE]
+        if caps.size:
+            axis = d.geom_xmat[caps].reshape(-1, 3, 3)[:, :, 2] * m.geom_size[caps, 1:2]
+            radius = np.zeros((caps.size, 3))
+            radius[:, 2] = m.geom_size[caps, 0]
+            points = [d.geom_xpos[caps] + axis - radius, d.geom_xpos[caps] - axis - radius]
+            bodies = [m.geom_bodyid[caps]] * 2
+            others = geoms[m.geom_type[geoms] != _GEOM_CAPSULE]
+            if others.size:
+                points.append(self._floor_points_of(others))
+                bodies.append(m.geom_bodyid[others])
+        return np.concatenate(points), np.concatenate(bodies).astype(int)
 
     # -- kinematics -------------------------------------------------------------------------
 
@@ -667,9 +840,50 @@ class KeypointFitter:
         return d.xpos[self.marker_body] + np.einsum('kij,kj->ki', rot, self.marker_offset)
 
     def _floor_points(self) -> np.ndarray:
-        m, d, g = self.model, self.data, self.floor_geoms
+        return self._floor_points_of(self.floor_geoms)
+
+    def _floor_points_of(self, g: np.ndarray) -> np.ndarray:
+        m, d = self.model, self.data
         return _support_points_down(m.geom_type[g], m.geom_size[g], d.geom_xpos[g],
                                     d.geom_xmat[g])
+
+    def _support(self, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+        """Evaluates the physical-support terms at the current kinematics.
+
+        Needs `mj_kinematics` and `mj_comPos` done for the pose.
+
+        Args:
+            valid: (K_used,) bool, the keypoints present in the frame.
+
+        Returns:
+            points: (P, 3) sole points of the paws that are pulled or support the body.
+            bodies: (P,) the body each point is on.
+            pulled: (P,) bool, points pulled down to the floor (above it, on a pulled paw).
+            balance: `_nearest_on_support` of the centre of mass over `points` (distance 0
+                when no paw is pulled or no point supports the body).
+        """
+        points, bodies, pulled, any_pulled = [], [], [], False
+        for paw in self.paws:
+            sole, on = self._paw_points(paw)
+            observed = bool(paw.markers.size) and bool(np.any(valid[paw.markers]))
+            if not observed and self.data.xpos[paw.limb_root, 2] <= paw.reach:
+                any_pulled = True
+                pulled.append(sole[:, 2] > 0.0)
+            elif np.min(sole[:, 2]) <= self.paw_contact_m:
+                pulled.append(np.zeros(len(sole), dtype=bool))
+            else:
+                continue
+            points.append(sole)
+            bodies.append(on)
+        no_balance = (0.0, np.zeros(2), 0, 0, 0.0)
+        if not points:
+            return np.zeros((0, 3)), np.zeros(0, int), np.zeros(0, bool), no_balance
+        points, bodies, pulled = (np.concatenate(points), np.concatenate(bodies),
+                                  np.concatenate(pulled))
+        balance = no_balance
+        if any_pulled:
+            balance = _nearest_on_support(self.data.subtree_com[1, :2], points[:, :2])
+        return points, bodies, pulled, balance
 
     def _velocity_diff(self, qpos_from: np.ndarray, qpos_to: np.ndarray) -> np.ndarray:
         """Returns qpos_to - qpos_from in scaled free variables (mm, rad)."""
@@ -689,6 +903,12 @@ class KeypointFitter:
             cost += float(np.sum(self.smooth_w * diff * diff))
         hinge = qpos[self.hinge_qadr]
         cost += float(np.sum(self.posture_w[6:] * hinge * hinge))
+        if self.support_sqrt_w > 0.0:  # the kinematics above are still those of `qpos`
+            mujoco.mj_comPos(self.model, self.data)
+            points, _, pulled, balance = self._support(valid)
+            heights = points[pulled, 2] * 1e3
+            cost += self.support_sqrt_w ** 2 * (float(heights @ heights)
+                                                + (balance[0] * 1e3) ** 2)
         return cost
 
     def _linearise(self, qpos: np.ndarray, target: np.ndarray,
@@ -714,7 +934,29 @@ class KeypointFitter:
             mujoco.mj_jac(m, d, self._jacp, None, low[g], body)
             rows_r.append(np.array([low[g, 2] * 1e3 * sqrt_fw]))
             rows_j.append(self._jacp[2:3, cols] * col_scale * sqrt_fw)
+        if self.support_sqrt_w > 0.0:
+            self._support_rows(valid, rows_r, rows_j)
         return np.concatenate(rows_r), np.concatenate(rows_j)
+
+    def _support_rows(self, valid: np.ndarray, rows_r: list, rows_j: list) -> None:
+        """Appends the physical-support residuals (mm) and their Jacobian rows."""
+        m, d = self.model, self.data
+        cols, col_scale, w = self.dofs, self.var_scale * 1e3, self.support_sqrt_w
+        points, bodies, pulled, (dist, normal, i, j, t) = self._support(valid)
+        for k in np.flatnonzero(pulled):
+            mujoco.mj_jac(m, d, self._jacp, None, points[k], int(bodies[k]))
+            rows_r.append(np.array([points[k, 2] * 1e3 * w]))
+            rows_j.append(self._jacp[2:3, cols] * col_scale * w)
+        if dist > 0.0:
+            # d(dist) = normal . (d com - d nearest hull point), both horizontal.
+            mujoco.mj_jacSubtreeCom(m, d, self._jacp, 1)
+            jac = self._jacp[:2].copy()
+            for k, share in ((i, 1.0 - t), (j, t)):
+                if share > 0.0:
+                    mujoco.mj_jac(m, d, self._jacp_b, None, points[k], int(bodies[k]))
+                    jac -= share * self._jacp_b[:2]
+            rows_r.append(np.array([dist * 1e3 * w]))
+            rows_j.append((normal @ jac)[None, cols] * col_scale * w)
 
     # -- solver -----------------------------------------------------------------------------
 
@@ -1130,3 +1372,66 @@ def fit_keypoint_file(
                 body_scale=float(scale), meta=clip_meta, keypoints=xyz_m,
                 keypoint_names=list(names))
     return clip, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Physical check of fitted poses
+
+# How long a pose must be held (s) to count as supportable: a body that cannot hold a pose
+# has clearly fallen (torso down, root or joints far off) well within this.
+HOLD_SECONDS = 1.0
+
+
+def pose_holdability(clip: Clip, frames: Sequence[int] | None = None, n_frames: int = 20,
+                     seconds: float = HOLD_SECONDS, controller: str = 'pd',
+                     body: RatBody | None = None) -> dict:
+    """Measures whether the body can hold single poses of a clip still.
+
+    For each chosen frame the rat starts at rest in that pose and `controller` (built by
+    `vrat_ros.evaluate.make_controller`, so 'pd' is the shipped inertia-scaled PD) tracks a
+    constant clip of that one pose for `seconds` with `vrat_ros.rollout.run_inline`. A pose
+    is held when every control step of the run passes the "tracked" test of
+    `vrat_ros.tracking` (the test `vrat eval` uses). A pose that cannot be held is one no
+    controller can be expected to track at that instant.
+
+    Args:
+        clip: the clip (any joint order; the tail is taken as it is).
+        frames: frame indices to test; None picks `n_frames` evenly spaced ones (first and
+            last included).
+        n_frames: how many frames to pick when `frames` is None.
+        seconds: how long each pose must be held (s).
+        controller: 'pd' or 'zero' ('policy' needs a policy and is not offered here).
+        body: a RatBody at the clip's scale to reuse; None builds one.
+
+    Returns:
+        {'frames': tested frame indices, 'held': (n,) bool per frame, 'held_fraction': share
+        held, 'failure_time_s': per frame the time of the first failing step (None if held),
+        'failure_reason': per frame the tracking test's reason (None if held)}.
+    """
+    from vrat_ros.evaluate import make_controller
+    from vrat_ros.rollout import run_inline
+
+    if controller not in ('pd', 'zero'):
+        raise ValueError(f"controller should be 'pd' or 'zero': got '{controller}'")
+    if not (np.isfinite(seconds) and seconds > 0):
+        raise ValueError(f'seconds should be positive: got {seconds}')
+    body = RatBody(scale=clip.body_scale) if body is None else body
+    if list(clip.joint_names) != list(body.hinge_names):
+        clip = clip.reorder_to(body.hinge_names)
+    if frames is None:
+        frames = np.unique(np.round(np.linspace(0, clip.n_frames - 1, n_frames)).astype(int))
+    frames = [int(f) for f in frames]
+    held, fail_t, reasons = [], [], []
+    for f in frames:
+        # Two copies of the pose, `seconds` apart: a constant reference with zero velocity.
+        still = Clip(qpos=np.stack([clip.qpos[f], clip.qpos[f]]), fps=1.0 / seconds,
+                     joint_names=list(body.hinge_names), body_scale=clip.body_scale, meta={})
+        result = run_inline(body, still, make_controller(controller), seconds=seconds)
+        first = result.metrics['first_failure_frame']
+        held.append(first is None)
+        last = len(result.times) - 1  # a run that diverged fails one frame past its end
+        fail_t.append(None if first is None else float(result.times[min(first, last)]))
+        reasons.append(result.metrics['failure_reason'])
+    return {'frames': frames, 'held': held,
+            'held_fraction': float(np.mean(held)) if held else float('nan'),
+            'failure_time_s': fail_t, 'failure_reason': reasons}

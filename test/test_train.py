@@ -350,3 +350,29 @@ def test_robot_config_is_checked_and_needs_clips(tmp_path, capsys):
     assert rc == 1
     assert 'no shipped training clips' in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
+
+
+def test_robot_training_is_deterministic(tmp_path):
+    config = tiny_robot_config()
+    config['train']['steps'] = 20
+    config['rounds'].update({'count': 0})
+    train(config, str(tmp_path / 'a'), progress=False, export=False)
+    config['data']['n_workers'] = 2   # the data do not depend on the worker count
+    train(config, str(tmp_path / 'b'), progress=False, export=False)
+    a, _ = _weights(tmp_path / 'a')
+    b, _ = _weights(tmp_path / 'b')
+    _assert_same_weights(a, b)
+
+
+def test_shipped_quadruped_policy_fits_the_robot():
+    from vrat_ros.resources import data_path
+    from vrat_ros.robots import Robot
+    path = data_path('policies', 'quadruped_inverse_dynamics.onnx')
+    robot = Robot('quadruped')
+    policy = OnnxPolicy(path)
+    assert policy.contract['command_interface'] == 'position'
+    assert policy.joint_names == robot.joint_names
+    assert policy.contract['training']['config']['robot'] == 'quadruped'
+    # Trained on the shipped training clips only: never on the held-out one.
+    files = [c['file'] for c in policy.contract['training']['clips']]
+    assert files and all(f.startswith('quadruped_train_') for f in files)

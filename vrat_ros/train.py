@@ -37,6 +37,17 @@ Measured on this project's 2-core machine (shared with other jobs), held-out num
   a single fitted Rat7M pose is held still (see keypoint_fit), so PD data on these clips are
   mostly falls and the closed-loop score cannot tell checkpoints apart on them.
 
+Robots (`--robot`, vrat_ros.robots): the same steps on a robot's shipped training clips, with
+the robot's own command interface (`RobotActions`: a position robot's actions are targets about
+its standing pose, collected in round 0 by its own PD law) and larger root offsets in the
+relabelled windows (`_robot_overrides`). The shipped quadruped policy is `vrat train --robot
+quadruped` (234 s here). Known shortcoming: it tracks no better than PD (held-out 0.11 both,
+training clips 0.30 against 0.28): every controller loses the root within seconds because the
+body, following the reference joints, walks and turns far less than the reference trunk, and
+data collected around PD cannot teach it to walk better. Tried without a clear gain: planted-
+feet clips, PPO fine-tuning (0.35 to 0.39 on 8 s windows) and relabelling with windows from
+up to 0.5 s later. See README.md, "Training a robot".
+
 Every episode has its own seed derived from the main seed, its round and its index, so the
 data do not depend on how the worker processes share the work. Torch is imported inside
 the functions that need it; the data-generation workers never use it.
@@ -436,6 +447,42 @@ def _smooth_noise(rng: np.random.Generator, n: int, width: int,
     return smooth / np.sqrt(np.sum(kernel ** 2))
 
 
+def _episode_plan(rng: np.random.Generator, cfg: dict, clips: list[Clip], dt: float, k: int,
+                  lo: np.ndarray, hi: np.ndarray) -> tuple:
+    """Draws one episode's targets and start state (the same draws for every body).
+
+    Target: time-warped playback of a random clip (speed_range, reverse_prob, a random start)
+    plus smooth joint offsets (amplitude up to target_noise_rad, at most a quarter of each
+    joint's range; pi for an unlimited joint), clipped to the joint limits `lo`, `hi`.
+    Start: the clip's state at the first target time, its joints perturbed by
+    init_joint_noise_rad, its velocity scaled by the playback speed.
+
+    Returns:
+        target (episode_steps + k + 1, nq), target joint velocities (same length, nq - 7),
+        start qpos (nq,) and qvel (nv,).
+    """
+    n_steps = int(cfg['episode_steps'])
+    clip = clips[int(rng.integers(len(clips)))]
+    speed = rng.uniform(*cfg['speed_range'])
+    if rng.random() < cfg['reverse_prob']:
+        speed = -speed
+    t0 = rng.uniform(0.0, clip.duration_s)
+    taus = _reflect(t0 + speed * dt * np.arange(n_steps + k + 1), clip.duration_s)
+    target = np.stack([clip.sample(t) for t in taus])
+    n_hinge = target.shape[1] - 7
+    span = np.where(np.isfinite(hi - lo), 0.25 * (hi - lo), np.pi)
+    amp = np.minimum(rng.uniform(0.0, cfg['target_noise_rad']), span)
+    sigma_steps = max(cfg['target_noise_smooth_s'] / dt, 0.5)
+    offsets = amp * _smooth_noise(rng, len(taus), n_hinge, sigma_steps)
+    target[:, 7:] = np.clip(target[:, 7:] + offsets, lo, hi)
+    target_vel = np.gradient(target[:, 7:], dt, axis=0)
+
+    qpos = clip.sample(taus[0])
+    qpos[7:] = np.clip(qpos[7:] + cfg['init_joint_noise_rad'] * rng.standard_normal(n_hinge),
+                       lo, hi)
+    return target, target_vel, qpos, clip.velocity(taus[0]) * speed
+
+
 class _EpisodeGenerator:
     """Runs data-collection episodes on one body; one instance per worker process."""
 
@@ -459,30 +506,11 @@ class _EpisodeGenerator:
         The controller is the policy when the generator has one, else a PD with a gain
         drawn from cfg['pd_wn_range']; both get correlated per-actuator action noise.
         """
-        body, dt, k = self.body, self.dt, self.frames
+        body, k = self.body, self.frames
         n_steps = int(cfg['episode_steps'])
-        clip = self.clips[int(rng.integers(len(self.clips)))]
-
-        # Target: time-warped playback of the clip plus smooth joint offsets.
-        speed = rng.uniform(*cfg['speed_range'])
-        if rng.random() < cfg['reverse_prob']:
-            speed = -speed
-        t0 = rng.uniform(0.0, clip.duration_s)
-        taus = _reflect(t0 + speed * dt * np.arange(n_steps + k + 1), clip.duration_s)
-        target = np.stack([clip.sample(t) for t in taus])
-        n_hinge = target.shape[1] - 7
-        amp = np.minimum(rng.uniform(0.0, cfg['target_noise_rad']), 0.25 * (self.hi - self.lo))
-        sigma_steps = max(cfg['target_noise_smooth_s'] / dt, 0.5)
-        offsets = amp * _smooth_noise(rng, len(taus), n_hinge, sigma_steps)
-        target[:, 7:] = np.clip(target[:, 7:] + offsets, self.lo, self.hi)
-        target_vel = np.gradient(target[:, 7:], dt, axis=0)
-
-        # Start near the clip's state, slightly perturbed.
-        qpos = clip.sample(taus[0])
-        qpos[7:] = np.clip(
-            qpos[7:] + cfg['init_joint_noise_rad'] * rng.standard_normal(n_hinge),
-            self.lo, self.hi)
-        body.reset(qpos, clip.velocity(taus[0]) * speed)
+        target, target_vel, qpos, qvel = _episode_plan(rng, cfg, self.clips, self.dt, k,
+                                                      self.lo, self.hi)
+        body.reset(qpos, qvel)
 
         wn = rng.uniform(*cfg['pd_wn_range'])
         kp = wn ** 2 * self.inertia_over_f
@@ -617,28 +645,11 @@ class _RobotEpisodeGenerator:
 
         'ctrl' holds the actions (in [-1, 1]) that were applied.
         """
-        body, dt, k, acts = self.body, self.dt, self.frames, self.actions
+        body, k, acts = self.body, self.frames, self.actions
         n_steps = int(cfg['episode_steps'])
-        clip = self.clips[int(rng.integers(len(self.clips)))]
-        speed = rng.uniform(*cfg['speed_range'])
-        if rng.random() < cfg['reverse_prob']:
-            speed = -speed
-        t0 = rng.uniform(0.0, clip.duration_s)
-        taus = _reflect(t0 + speed * dt * np.arange(n_steps + k + 1), clip.duration_s)
-        target = np.stack([clip.sample(t) for t in taus])
-        n_hinge = target.shape[1] - 7
-        span = np.where(np.isfinite(self.hi - self.lo), 0.25 * (self.hi - self.lo), np.pi)
-        amp = np.minimum(rng.uniform(0.0, cfg['target_noise_rad']), span)
-        sigma_steps = max(cfg['target_noise_smooth_s'] / dt, 0.5)
-        offsets = amp * _smooth_noise(rng, len(taus), n_hinge, sigma_steps)
-        target[:, 7:] = np.clip(target[:, 7:] + offsets, self.lo, self.hi)
-        target_vel = np.gradient(target[:, 7:], dt, axis=0)
-
-        qpos = clip.sample(taus[0])
-        qpos[7:] = np.clip(
-            qpos[7:] + cfg['init_joint_noise_rad'] * rng.standard_normal(n_hinge),
-            self.lo, self.hi)
-        body.reset(qpos, clip.velocity(taus[0]) * speed)
+        target, target_vel, qpos, qvel = _episode_plan(rng, cfg, self.clips, self.dt, k,
+                                                      self.lo, self.hi)
+        body.reset(qpos, qvel)
 
         noise_std = rng.uniform(0.0, cfg['action_noise_rad'])
         rho = cfg['action_noise_corr']

@@ -38,6 +38,10 @@ RAT7M_ANIMAL_SCALE = 1.013
 RAT7M_RESIDUAL_MEAN_MM = 4.5
 RAT7M_RESIDUAL_P95_MM = 11.0
 SHIPPED_RAT7M = ('rat7m_walk_2010_2310', 'rat7m_rear_2460_2600')
+# The shipped Rat7M clips are fitted with --support-weight 3 (unobserved paws on the floor,
+# centre of mass over them), which trades marker error for poses the body can hold: measured
+# 6.3 mm (walk) and 5.4 mm (rear) mean residual instead of 2.9 mm.
+SHIPPED_RAT7M_RESIDUAL_MEAN_MM = 7.0
 
 
 @pytest.fixture(autouse=True)
@@ -453,7 +457,9 @@ def test_shipped_rat7m_clips_are_small_and_say_where_they_came_from(name):
     assert meta['origin_path'] == 'demo/markerless_rat/data/demo_indices.mat'
     assert meta['licence'] == 'MIT' and 'Dunn et al' in meta['citation']
     assert meta['source_format'] == 'rat7m' and meta['fps_assumed'] is True
-    assert meta['fit_residual_mm_mean'] < RAT7M_RESIDUAL_MEAN_MM
+    assert meta['fit_residual_mm_mean'] < SHIPPED_RAT7M_RESIDUAL_MEAN_MM
+    assert meta['fit_options']['support_weight'] == 3.0
+    assert meta['import_command'].endswith('--support-weight 3')
 
 
 # -- command line -------------------------------------------------------------------------------

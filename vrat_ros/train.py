@@ -511,8 +511,8 @@ class _EpisodeGenerator:
         """
         body, k = self.body, self.frames
         n_steps = int(cfg['episode_steps'])
-        target, target_vel, qpos, qvel = _episode_plan(rng, cfg, self.clips, self.dt, k,
-                                                      self.lo, self.hi)
+        target, target_vel, qpos, qvel = _episode_plan(
+            rng, cfg, self.clips, self.dt, k, self.lo, self.hi)
         body.reset(qpos, qvel)
 
         wn = rng.uniform(*cfg['pd_wn_range'])
@@ -650,8 +650,8 @@ class _RobotEpisodeGenerator:
         """
         body, k, acts = self.body, self.frames, self.actions
         n_steps = int(cfg['episode_steps'])
-        target, target_vel, qpos, qvel = _episode_plan(rng, cfg, self.clips, self.dt, k,
-                                                      self.lo, self.hi)
+        target, target_vel, qpos, qvel = _episode_plan(
+            rng, cfg, self.clips, self.dt, k, self.lo, self.hi)
         body.reset(qpos, qvel)
 
         noise_std = rng.uniform(0.0, cfg['action_noise_rad'])

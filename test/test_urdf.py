@@ -233,3 +233,49 @@ def test_parsed_urdf_joints_compose_to_mujoco_body_poses(rat_model):
         mat = np.zeros(9)
         mujoco.mju_quat2Mat(mat, quat / np.linalg.norm(quat))
         assert _rotation_angle(mat.reshape(3, 3), data.xmat[body].reshape(3, 3)) < 1e-9
+
+
+def test_robot_urdf_of_the_rat_is_the_committed_one():
+    from vrat_ros.robots import robot_path
+    expected = urdf_export.build_urdf()
+    assert urdf_export.robot_urdf('rat') == expected
+    assert urdf_export.robot_urdf(robot_path('rat')) == expected
+    assert urdf_export.robot_urdf('rat', scale=1.1) == urdf_export.build_urdf(1.1)
+
+
+def test_quadruped_urdf_matches_its_mujoco_model(tmp_path):
+    from vrat_ros.robots import load_robot
+    model, spec = load_robot('quadruped')
+    text = urdf_export.robot_urdf('quadruped')
+    assert text == urdf_export.robot_model_urdf(model, spec)
+    assert "from robot 'quadruped' at scale 1;" in text
+    urdf = _load_urdf(text, tmp_path)
+    assert urdf.robot.name == 'quadruped' and urdf.base_link == 'torso'
+    assert len(urdf.actuated_joint_names) == 16
+    _check_fk(model, urdf, 20, seed=3)
+    _check_inertias(model, urdf)
+    # The ellipsoid torso is the scaled unit-sphere mesh.
+    meshes = [v.geometry.mesh for v in urdf.link_map['torso'].visuals if v.geometry.mesh]
+    assert meshes and meshes[0].filename == urdf_export.DEFAULT_MESH_URI
+
+
+def test_urdf_comment_never_holds_a_double_hyphen():
+    model = mujoco.MjModel.from_xml_string(_EDGE_MJCF)
+    text = urdf_export.urdf_from_model(model, comment='made with --robot edge')
+    assert '<!-- made with - -robot edge -->' in text
+
+
+def test_vrat_urdf_writes_a_robot_and_refuses_an_unknown_one(tmp_path, capsys):
+    from vrat_ros.cli import main
+    out = tmp_path / 'quadruped.urdf'
+    assert main(['urdf', '--robot', 'quadruped', '--out', str(out)]) == 0
+    assert out.read_text(encoding='utf-8') == urdf_export.robot_urdf('quadruped')
+    assert (tmp_path / urdf_export.SPHERE_MESH_FILE).read_bytes() == urdf_export.unit_sphere_stl()
+    rat = tmp_path / 'rat.urdf'
+    assert main(['urdf', '--out', str(rat)]) == 0
+    assert rat.read_text(encoding='utf-8') == urdf_export.build_urdf()
+    capsys.readouterr()
+    assert main(['urdf', '--robot', 'hexapod', '--out', str(tmp_path / 'h.urdf')]) == 1
+    err = capsys.readouterr().err
+    assert "robot 'hexapod' is neither a robot file" in err and 'Traceback' not in err
+    assert not (tmp_path / 'h.urdf').exists()

@@ -1,14 +1,18 @@
 """The `rat_viz` node: robot_description, body and reference-ghost markers, and TF for RViz.
 
 It listens to the sim (joint_states, odom) and to the reference (reference/joint_trajectory,
-reference/root_trajectory) and keeps the sim node free of drawing work. Marker poses come
-from its own MuJoCo model (mj_kinematics on the received state), so they match the sim's
+reference/root_trajectory) and keeps the sim node free of drawing work. The body is a robot
+(`robot`: a name in config/robots or a robot YAML path, as the sim takes; the rat by
+default): robot_description is the URDF of its model (vrat_ros.urdf_export), joints are
+matched by the robot's names, the root by its robot file's root joint and body. Marker poses
+come from its own MuJoCo model (mj_kinematics on the received state), so they match the sim's
 bodies exactly. TF follows the URDF joints, as robot_state_publisher would, and needs
 tf2_msgs; without it (the PyPI-only ROS runtime) the node says so once and goes on.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from geometry_msgs.msg import Point
@@ -22,6 +26,7 @@ import numpy.typing as npt
 from rcl_interfaces.msg import FloatingPointRange
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
@@ -36,6 +41,9 @@ from vrat_ros import rat_constants as rc
 from vrat_ros import urdf_export
 from vrat_ros.node_main import spin_node
 from vrat_ros.rat_model import RatBody
+from vrat_ros.robots import is_rat
+from vrat_ros.robots import load_robot
+from vrat_ros.robots import Robot
 from vrat_ros.ros_messages import quat_msg_to_wxyz
 from vrat_ros.ros_messages import quat_wxyz_to_msg
 
@@ -68,14 +76,15 @@ def _pose(pos: npt.ArrayLike, quat: npt.ArrayLike) -> Pose:
 
 def geom_markers(model: mujoco.MjModel, data: mujoco.MjData, namespace: str, frame_id: str,
                  rgba: npt.ArrayLike | None = None, alpha: float = 1.0) -> list[Marker]:
-    """Markers of every geom of the rat (bodies >= 1) at the poses in `data`.
+    """Markers of every geom of the body (bodies >= 1) at the poses in `data`.
 
     Call mj_kinematics first. Spheres and ellipsoids become SPHERE markers (scaled per axis),
     boxes CUBE, cylinders CYLINDER, and a capsule a CYLINDER plus two SPHEREs. Marker ids are
     stable for a model, so each publish replaces the previous markers.
+    NOTE: other geom types (meshes, planes, height fields) are not drawn.
 
     Args:
-        model: the rat model.
+        model: the body's model (the rat's or a robot's).
         data: its state with kinematics computed.
         namespace: the markers' `ns`.
         frame_id: the frame of the poses (the world frame of `data`).
@@ -129,8 +138,14 @@ class RatVizNode(Node):
         super().__init__('rat_viz', **kwargs)
 
         # Parameters.
-        self.declare_parameter('body_scale', rc.DEFAULT_BODY_SCALE, ParameterDescriptor(
-            description='Length scale of the rat body (as the sim uses)', read_only=True))
+        self.declare_parameter('robot', 'rat', ParameterDescriptor(
+            description='The body: a robot name in config/robots (rat, quadruped, ...) or the '
+                        'path of a robot YAML file (as the sim takes)', read_only=True))
+        # Typed without a default: unset (None) takes the robot file's value.
+        scale = self.declare_parameter('body_scale', Parameter.Type.DOUBLE, ParameterDescriptor(
+            description="Length scale of the body (as the sim uses; default: the robot file's "
+                        f'build.scale, {rc.DEFAULT_BODY_SCALE} for the rat)',
+            read_only=True)).value
         self.declare_parameter('urdf_file', '', ParameterDescriptor(
             description='URDF to publish as robot_description; empty: generate it from the '
                         'body at body_scale', read_only=True))
@@ -148,10 +163,10 @@ class RatVizNode(Node):
         self.declare_parameter('ghost_rgba', [1.0, 0.55, 0.15, 0.35], ParameterDescriptor(
             description='Colour (r, g, b, a in 0..1) of the reference ghost', read_only=True))
         self.declare_parameter('publish_tf', True, ParameterDescriptor(
-            description='Publish world -> walker and the URDF joints on /tf and /tf_static '
-                        '(needs tf2_msgs)', read_only=True))
+            description="Publish world -> the robot's root body (the rat's walker) and the "
+                        'URDF joints on /tf and /tf_static (needs tf2_msgs)', read_only=True))
 
-        scale = float(self.get_parameter('body_scale').value)
+        robot = self.get_parameter('robot').value
         urdf_file = self.get_parameter('urdf_file').value
         rate_hz = float(self.get_parameter('publish_rate_hz').value)
         self.fixed_frame = self.get_parameter('fixed_frame').value
@@ -162,24 +177,39 @@ class RatVizNode(Node):
         # Validation and the core objects.
         if self.ghost_rgba.shape != (4,) or np.any((self.ghost_rgba < 0) | (self.ghost_rgba > 1)):
             raise ValueError(f'ghost_rgba should be 4 numbers in [0, 1]: got {self.ghost_rgba}')
-        self.body = RatBody(scale=scale)
+        if is_rat(robot):
+            scale = rc.DEFAULT_BODY_SCALE if scale is None else float(scale)
+            self.body = RatBody(scale=scale)
+            self.robot_name = 'rat'
+            self._root_joint, self._root_link = rc.ROOT_JOINT, rc.ROOT_BODY
+            default_qpos = self.body.default_qpos()
+            generate = functools.partial(urdf_export.build_urdf, scale)
+        else:
+            model, spec = load_robot(robot, scale=scale)
+            self.body = Robot(model=model, spec=spec)
+            scale = self.body.scale
+            self.robot_name = spec.name
+            self._root_joint, self._root_link = spec.root_joint, spec.root_body
+            default_qpos = self.body.stand_qpos()
+            generate = functools.partial(urdf_export.robot_model_urdf, model, spec)
         self.model = self.body.model
         self._sim = mujoco.MjData(self.model)
         self._ref = mujoco.MjData(self.model)
-        self._sim.qpos[:] = self._ref.qpos[:] = self.body.default_qpos()
-        self._qpos_index = {n: 7 + i for i, n in enumerate(self.body.hinge_names)}
+        self._sim.qpos[:] = self._ref.qpos[:] = default_qpos
+        # Every joint but the root (hinges, here) by name: its qpos address.
+        self._qpos_index = {n: int(self.model.joint(n).qposadr[0])
+                            for n in self.body.hinge_names}
         if urdf_file:
             with open(urdf_file, encoding='utf-8') as f:
                 self.robot_description = f.read()
         else:
-            self.robot_description = urdf_export.build_urdf(scale)
+            self.robot_description = generate()
         self.urdf_joints = urdf_export.parse_urdf_joints(self.robot_description)
         unknown = [j.name for j in self.urdf_joints
                    if j.kind != 'fixed' and j.name not in self._qpos_index]
         if unknown:
-            raise ValueError(f'URDF joints {unknown[:5]} are not hinges of the body; '
-                             f'known: {self.body.hinge_names[:5]}...')
-        self._root_link = rc.ROOT_BODY
+            raise ValueError(f"URDF joints {unknown[:5]} are not joints of robot "
+                             f"'{self.robot_name}'; known: {self.body.hinge_names[:5]}...")
         self._have_state = self._have_odom = False
         self._state_dirty = self._ref_dirty = False
         self._state_stamp = self._ref_stamp = None
@@ -212,7 +242,8 @@ class RatVizNode(Node):
         if self.tf_static_pub is not None:
             self.tf_static_pub.publish(TFMessage(transforms=self.static_transforms()))
         self.get_logger().info(
-            f'rat_viz: body scale {scale}, {len(self.robot_description)} byte URDF '
+            f"rat_viz: robot '{self.robot_name}' at body scale {scale:g}, "
+            f'{len(self.robot_description)} byte URDF '
             f"({'from ' + urdf_file if urdf_file else 'generated'}), markers at up to "
             f"{rate_hz:g} Hz in '{self.fixed_frame}', TF "
             f"{'on' if self.tf_pub is not None else 'off'}")
@@ -263,10 +294,10 @@ class RatVizNode(Node):
         self._ref_stamp = msg.header.stamp
 
     def _on_reference_root(self, msg: MultiDOFJointTrajectory) -> None:
-        if rc.ROOT_JOINT not in msg.joint_names or not msg.points:
+        if self._root_joint not in msg.joint_names or not msg.points:
             return
         transforms = msg.points[0].transforms
-        k = list(msg.joint_names).index(rc.ROOT_JOINT)
+        k = list(msg.joint_names).index(self._root_joint)
         if k >= len(transforms):
             return
         t = transforms[k]

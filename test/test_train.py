@@ -376,3 +376,24 @@ def test_shipped_quadruped_policy_fits_the_robot():
     # Trained on the shipped training clips only: never on the held-out one.
     files = [c['file'] for c in policy.contract['training']['clips']]
     assert files and all(f.startswith('quadruped_train_') for f in files)
+
+
+@pytest.mark.parametrize('section, key, value, message', [
+    ('train', 'lr', -1e-3, "'train.lr' should be > 0.0"),
+    ('train', 'batch_size', 0, "'train.batch_size' should be >= 1"),
+    ('data', 'reverse_prob', 1.5, "'data.reverse_prob' should be in [0.0, 1.0]"),
+    ('data', 'speed_range', [1.5, 0.5], "'data.speed_range' should be [low, high]"),
+    ('model', 'hidden', [64, 0], "'model.hidden' should be >= 1"),
+    ('relabel', 'val_fraction', float('nan'), "'relabel.val_fraction' should be in"),
+])
+def test_config_values_are_range_checked(section, key, value, message):
+    from vrat_ros.train import validate_config
+    config = default_config(small=True)
+    config[section][key] = value
+    with pytest.raises(ValueError) as info:
+        validate_config(config)
+    assert message in str(info.value)
+    config = default_config(small=True)
+    config['rounds']['data']['action_noise_rad'] = -0.1
+    with pytest.raises(ValueError, match=r"'rounds.data.action_noise_rad' should be >= 0.0"):
+        validate_config(config)

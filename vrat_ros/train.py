@@ -307,8 +307,9 @@ def validate_config(config: dict) -> None:
 
     Every setting of `default_config()` must be present with a value of the same type
     family (int, float, str, list, dict; an int passes where a float is expected, and the
-    settings documented as optional may be null), and the episode length must lie within
-    1..MAX_EPISODE_STEPS.
+    settings documented as optional may be null), the episode length must lie within
+    1..MAX_EPISODE_STEPS and numbers within their ranges (`_RANGES`: counts positive,
+    probabilities and fractions in [0, 1], noise levels not negative, rates above 0).
 
     Args:
         config: a configuration shaped like `default_config()`.
@@ -325,6 +326,61 @@ def validate_config(config: dict) -> None:
     _check_episode_settings(config['data'], 'data')
     if 'episode_steps' in config['rounds']['data']:
         _check_episode_settings(config['rounds']['data'], 'rounds.data')
+    _check_ranges(config)
+
+
+# Allowed ranges of numeric settings: (low, high, low inclusive). Settings of 'rounds.data'
+# follow those of 'data'. A list setting applies the range to each item.
+_RANGES = {
+    'data.n_episodes': (1, None, True), 'data.n_workers': (1, None, True),
+    'data.speed_range': (0.0, None, False), 'data.reverse_prob': (0.0, 1.0, True),
+    'data.target_noise_rad': (0.0, None, True), 'data.target_noise_smooth_s': (0.0, None, True),
+    'data.init_joint_noise_rad': (0.0, None, True), 'data.pd_wn_range': (0.0, None, False),
+    'data.pd_zeta': (0.0, None, True), 'data.action_noise_rad': (0.0, None, True),
+    'data.action_noise_corr': (0.0, 1.0, True),
+    'rounds.count': (0, None, True), 'rounds.n_episodes': (1, None, True),
+    'rounds.steps': (0, None, True),
+    'relabel.frames': (1, None, True), 'relabel.offset_fraction': (0.0, None, True),
+    'relabel.offset_pos_m': (0.0, None, True), 'relabel.offset_yaw_rad': (0.0, None, True),
+    'relabel.offset_joint_rad': (0.0, None, True),
+    'relabel.offset_feedback_wn_rad_s': (0.0, None, True),
+    'relabel.val_fraction': (0.0, 1.0, True),
+    'model.hidden': (1, None, True), 'model.std_floor': (0.0, None, False),
+    'model.action_bound_quantile': (0.0, 0.5, True),
+    'model.action_bound_margin': (0.0, None, True),
+    'train.steps': (1, None, True), 'train.batch_size': (1, None, True),
+    'train.lr': (0.0, None, False), 'train.lr_final': (0.0, None, True),
+    'train.weight_decay': (0.0, None, True), 'train.ema_decay': (0.0, 1.0, True),
+    'train.threads': (1, None, True), 'train.checkpoint_every': (1, None, True),
+    'train.log_every': (1, None, True), 'eval.every': (0, None, True),
+    'eval.starts_s': (0.0, None, True), 'eval.seconds': (0.0, None, False),
+}
+
+
+def _check_ranges(config: dict) -> None:
+    """Refuses numeric settings outside `_RANGES` (e.g. a negative learning rate)."""
+    values = []
+    for name in _RANGES:
+        section, key = name.split('.')
+        values.append((name, config[section][key]))
+        if section == 'data' and key in config['rounds']['data']:
+            values.append((f'rounds.data.{key}', config['rounds']['data'][key]))
+    for name, value in values:
+        low, high, inclusive = _RANGES[name.replace('rounds.data.', 'data.')]
+        for item in (value if isinstance(value, list) else [value]):
+            if item is None:
+                continue
+            bad = (not np.isfinite(item) or (inclusive and item < low)
+                   or (not inclusive and item <= low) or (high is not None and item > high))
+            if bad:
+                span = (f"{'>=' if inclusive else '>'} {low}" if high is None
+                        else f'in [{low}, {high}]')
+                raise ValueError(f"setting '{name}' should be {span}: got {value!r}")
+    for name in ('data.speed_range', 'data.pd_wn_range'):
+        section, key = name.split('.')
+        if len(config[section][key]) != 2 or config[section][key][0] > config[section][key][1]:
+            raise ValueError(f"setting '{name}' should be [low, high] with low <= high: got "
+                             f'{config[section][key]!r}')
 
 
 def robot_of(config: dict) -> str:

@@ -105,13 +105,16 @@ def generate_launch_description():
         condition=IfCondition(safety_on),
         parameters=[PathJoinSubstitution([config_dir, 'safety.yaml']),
                     {'policy_file': policy_file, 'mode': LaunchConfiguration('mode'),
+                     'robot': LaunchConfiguration('robot'),  # joint ranges of position bodies
                      'use_sim_time': use_sim_time, 'publish_float64_array': publish_array}])
     sim = Node(
         package='vrat_ros', executable='sim_node', name='rat_sim', output='screen',
         condition=IfCondition(LaunchConfiguration('sim')),
-        remappings=[through_safety('policy/effort', 'safety/effort'),
-                    through_safety('effort_controller/commands',
-                                   'safety/effort_controller/commands')],
+        # Both interfaces' command topics: the sim takes those of its robot's interface and
+        # the safety node publishes those of the policy's contract (the two must agree).
+        remappings=[through_safety(topic, 'safety/' + topic) for topic in (
+            'policy/effort', 'effort_controller/commands',
+            'policy/position', 'position_controller/commands')],
         parameters=[PathJoinSubstitution([config_dir, 'sim.yaml']),
                     {'clip_file': clip_file, 'mode': LaunchConfiguration('mode'),
                      'robot': LaunchConfiguration('robot'), 'use_sim_time': use_sim_time}])
@@ -122,7 +125,7 @@ def generate_launch_description():
             ["'", LaunchConfiguration('viz'), "' == 'true' or '",
              LaunchConfiguration('rviz'), "' == 'true'"])),
         parameters=[PathJoinSubstitution([config_dir, 'viz.yaml']),
-                    {'use_sim_time': use_sim_time}])
+                    {'robot': LaunchConfiguration('robot'), 'use_sim_time': use_sim_time}])
     rviz = Node(
         package='rviz2', executable='rviz2', name='rviz2', output='screen',
         condition=IfCondition(LaunchConfiguration('rviz')),

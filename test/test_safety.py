@@ -1,5 +1,7 @@
 """The safety layer: its core (limits, ramp, delay, e-stop, watchdog) and the `safety` node.
 
+Torque commands (the rat) and position commands (the quadruped's joint targets) both.
+
 Core tests feed stamps by hand and check exact values. Node tests run on real rclpy topics in
 this process (conftest.RosBed) and check what comes out, never how fast. The last tests cover
 the sim's own safety: a clear halt on diverged physics and its realtime command timeout.
@@ -9,8 +11,14 @@ import numpy as np
 import pytest
 
 from vrat_ros.policy import read_contract
+from vrat_ros.resources import data_path
 from vrat_ros.safety import DelayLine
+from vrat_ros.safety import joint_ranges
 from vrat_ros.safety import limits_from_contract
+from vrat_ros.safety import position_limits_from_contract
+from vrat_ros.safety import PositionFilter
+from vrat_ros.safety import PositionLimits
+from vrat_ros.safety import robot_joint_ranges
 from vrat_ros.safety import SafetyFilter
 from vrat_ros.safety import SafetyLimits
 from vrat_ros.safety import StampOrder
@@ -18,6 +26,7 @@ from vrat_ros.safety import Watchdog
 
 MS = 1_000_000  # nanoseconds
 DT_NS = 20 * MS
+QUADRUPED_POLICY = data_path('policies', 'quadruped_inverse_dynamics.onnx')
 
 
 def make_filter(nu=3, torque=1.0, **kwargs):
@@ -158,6 +167,131 @@ def test_filter_restarts_the_ramp_after_a_stop():
     # Resumed 1 s later: ramps again; the rate limit uses one usual step (2 N m), not 1 s.
     out = [safety.command(1000 * MS + k * DT_NS, np.array([1.0]))[0] for k in range(3)]
     np.testing.assert_allclose(out, [0.0, 0.5, 1.0])
+
+
+# Core: position commands (joint targets).
+
+def make_position_filter(lower, upper, measured=None, action_delay_steps=0, **kwargs):
+    limits = PositionLimits(actuator_names=[f'j{i}' for i in range(len(lower))], lower=lower,
+                            upper=upper, **kwargs)
+    safety = PositionFilter(limits, DT_NS * 1e-9, action_delay_steps)
+    if measured is not None:
+        assert safety.observe(measured)
+    return safety
+
+
+def test_position_targets_are_clamped_to_the_joint_range():
+    safety = make_position_filter([-1.0, -0.5, 0.0], [1.0, 0.5, 2.0])
+    out = safety.command(0, np.array([1.5, -2.0, 0.3]))
+    np.testing.assert_array_equal(out, [1.0, -0.5, 0.3])
+    assert safety.clamped == 2
+
+
+def test_position_limits_come_from_the_robot_model_and_only_tighten():
+    contract = read_contract(QUADRUPED_POLICY)
+    names = contract['actuator_names']
+    lower, upper = robot_joint_ranges('quadruped', names)
+    knee, yaw = names.index('knee_front_left'), names.index('yaw_back_left')
+    # dm_control's quadruped: knees -60..50 degrees, hip yaws -50..50 degrees.
+    assert (lower[knee], upper[knee]) == pytest.approx(np.deg2rad([-60.0, 50.0]))
+    assert (lower[yaw], upper[yaw]) == pytest.approx(np.deg2rad([-50.0, 50.0]))
+
+    limits = position_limits_from_contract(contract, lower, upper, lower_override=[-2.0],
+                                           upper_override=[0.5], margin=0.1,
+                                           velocity_limit=[3.0], soft_start_s=1.0)
+    # -2 rad is looser than every range: the range stays; 0.5 rad tightens the upper ends.
+    assert limits.lower[knee] == pytest.approx(np.deg2rad(-60.0) + 0.1)
+    assert limits.upper[knee] == pytest.approx(0.4)
+    assert limits.lower[yaw] == pytest.approx(np.deg2rad(-50.0) + 0.1)
+    np.testing.assert_array_equal(limits.velocity, np.full(len(names), 3.0))
+    assert limits.soft_start_s == 1.0
+    with pytest.raises(ValueError, match='no range'):
+        position_limits_from_contract(contract, lower, upper, margin=1.0)
+    with pytest.raises(ValueError, match=r"no hinge or slide joint named \['root', 'nose'\]"):
+        robot_joint_ranges('quadruped', ['yaw_front_left', 'root', 'nose'])
+
+
+def test_joints_without_a_range_are_not_clamped():
+    import mujoco
+    model = mujoco.MjModel.from_xml_string(
+        '<mujoco><worldbody><body><joint name="free_spin" type="hinge"/><geom size="0.1"/>'
+        '</body></worldbody></mujoco>')
+    lower, upper = joint_ranges(model, ['free_spin'])
+    assert lower[0] == -np.inf and upper[0] == np.inf
+    safety = make_position_filter(lower, upper)
+    np.testing.assert_array_equal(safety.command(0, np.array([12.0])), [12.0])
+
+
+def test_position_jump_is_rate_limited_to_vmax_times_dt():
+    # 1.5 rad/s over 20 ms steps: at most 0.03 rad per step, the first from the measured pose.
+    safety = make_position_filter([-1.0, -1.0], [1.0, 1.0], measured=[0.1, 0.0], velocity=1.5)
+    out = feed(safety, [[0.5, 0.01]] * 4 + [[0.0, 0.0]])
+    np.testing.assert_allclose(out[:, 0], [0.13, 0.16, 0.19, 0.22, 0.19])
+    np.testing.assert_allclose(out[:, 1], [0.01, 0.01, 0.01, 0.01, 0.0])
+    assert safety.rate_limited == 5
+    # A 60 ms gap between stamps allows three steps' worth.
+    np.testing.assert_allclose(safety.command(7 * DT_NS, np.array([0.5, 0.0])), [0.28, 0.0])
+
+
+def test_position_soft_start_begins_at_the_measured_pose():
+    safety = make_position_filter([-1.0, -1.0], [1.0, 1.0], measured=[0.5, -0.2],
+                                  soft_start_s=0.1)
+    out = feed(safety, [[0.0, 3.0]] * 7)  # 3 rad is clamped to the 1 rad end of the range
+    np.testing.assert_allclose(out[:, 0], [0.5, 0.4, 0.3, 0.2, 0.1, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(out[:, 1], [-0.2, 0.04, 0.28, 0.52, 0.76, 1.0, 1.0])
+    # Without joint_states there is no pose to ramp from: refused, nothing goes out.
+    blind = make_position_filter([-1.0], [1.0], soft_start_s=0.1)
+    assert blind.command(0, np.array([0.3])) is None
+    assert 'joint_states' in blind.last_problem and blind.last_output is None
+
+
+def test_position_estop_holds_the_measured_pose_not_zero():
+    safety = make_position_filter([-1.0, -1.0], [1.0, 1.0], measured=[0.3, -0.4])
+    np.testing.assert_array_equal(safety.command(0, np.array([0.5, 0.5])), [0.5, 0.5])
+    safety.observe([0.45, 0.2])  # the body moved towards the target
+    safety.estop()
+    safety.observe([0.4, 0.1])   # and sags on: the hold stays the pose measured at the latch
+    for k in range(1, 4):
+        out = safety.command(k * DT_NS, np.array([0.9, -0.9]))
+        np.testing.assert_array_equal(out, [0.45, 0.2])
+    np.testing.assert_array_equal(safety.safe_output(), [0.45, 0.2])
+    assert safety.reset() and not safety.reset()
+    np.testing.assert_array_equal(safety.command(4 * DT_NS, np.array([0.5, 0.5])), [0.5, 0.5])
+    # A second e-stop holds the pose of its own moment.
+    safety.observe([0.5, 0.45])
+    safety.estop()
+    np.testing.assert_array_equal(safety.command(5 * DT_NS, np.zeros(2)), [0.5, 0.45])
+
+
+def test_position_stop_holds_and_resumes_one_step_from_the_held_pose():
+    safety = make_position_filter([-1.0], [1.0], measured=[0.0], velocity=1.0)
+    np.testing.assert_allclose(feed(safety, [[0.5]] * 3)[:, 0], [0.02, 0.04, 0.06])
+    safety.observe([0.05])
+    safety.stop()  # the watchdog timed out: the pose measured now is held
+    np.testing.assert_array_equal(safety.safe_output(), [0.05])
+    # Resumed 1 s later: one usual step (0.02 rad) from the held pose, not 1 s worth.
+    np.testing.assert_allclose(safety.command(1000 * MS, np.array([0.5])), [0.07])
+
+
+def test_position_nan_and_wrong_size_are_refused_and_the_last_safe_target_kept():
+    safety = make_position_filter([-1.0] * 3, [1.0] * 3, measured=np.zeros(3), velocity=2.0)
+    np.testing.assert_allclose(safety.command(0, np.array([0.01, 0.02, 0.03])),
+                               [0.01, 0.02, 0.03])
+    assert safety.command(DT_NS, np.array([0.1, np.nan, 0.2])) is None
+    assert 'j1' in safety.last_problem
+    assert safety.command(DT_NS, np.array([0.1, 0.2])) is None
+    assert 'expected 3' in safety.last_problem and safety.rejected == 2
+    np.testing.assert_array_equal(safety.last_output, [0.01, 0.02, 0.03])
+    # The next valid command moves on from the last safe target: 0.04 rad per step.
+    np.testing.assert_allclose(safety.command(DT_NS, np.ones(3)), [0.05, 0.06, 0.07])
+    assert not safety.observe([0.0, np.nan, 0.0])  # a NaN measurement is not recorded
+    np.testing.assert_array_equal(safety.measured, np.zeros(3))
+
+
+def test_position_action_delay_holds_the_measured_pose_while_it_fills():
+    safety = make_position_filter([-1.0], [1.0], measured=[0.25], action_delay_steps=2)
+    out = feed(safety, [[0.1], [0.2], [0.3], [0.4]])
+    np.testing.assert_allclose(out[:, 0], [0.25, 0.25, 0.1, 0.2])
 
 
 # The node.
@@ -370,6 +504,69 @@ def test_policy_rejects_a_reference_window_whose_times_do_not_increase(
     pub.publish(window)
     assert ros.spin_until(lambda: node.inputs_rejected == 1)
     assert 'point times should increase' in capfd.readouterr().err
+
+
+def test_node_clamps_the_quadrupeds_position_targets_and_holds_on_estop(ros):
+    node = ros.add(SafetyNode(**ros.node_kwargs(
+        policy_file=QUADRUPED_POLICY, mode='lockstep', publish_float64_array=True,
+        position_margin_rad=0.05)))
+    assert node.command_interface == 'position'
+    names = node.actuator_names
+    ns = node.get_namespace()
+    probe = ros.probe
+    command_pub = probe.create_publisher(JointState, f'{ns}/policy/position', 10)
+    state_pub = probe.create_publisher(JointState, f'{ns}/joint_states', 10)
+    out = ros.collect(JointState, f'{ns}/safety/position')
+    arrays = ros.collect(Float64MultiArray, f'{ns}/safety/position_controller/commands')
+    efforts = ros.collect(JointState, f'{ns}/safety/effort')
+    estop_client = probe.create_client(SetBool, f'{ns}/safety/estop')
+    for pub in (command_pub, state_pub):
+        ros.connect(pub)
+    assert ros.spin_until(lambda: node.output_pub.get_subscription_count() >= 1)
+
+    # The measured pose: every joint of the body (the passive ankles too), in another order.
+    joints = names + [f'ankle_{leg}' for leg in ('front_left', 'front_right', 'back_right',
+                                                 'back_left')]
+    measured = {n: 0.01 * k for k, n in enumerate(joints)}
+    state = JointState(name=joints[::-1], position=[measured[n] for n in joints[::-1]],
+                       velocity=[0.0] * len(joints))
+    state_pub.publish(state)
+    assert ros.spin_until(lambda: node.filter.measured is not None)
+
+    def send(stamp_ns, targets):
+        msg = JointState(name=list(names), position=[float(targets[n]) for n in names])
+        msg.header.stamp = ns_to_time(stamp_ns)
+        n = len(out)
+        command_pub.publish(msg)
+        assert ros.spin_until(lambda: len(out) > n), 'no output'
+        assert stamp_to_ns(out[-1].header.stamp) == stamp_ns and list(out[-1].name) == names
+        return dict(zip(out[-1].name, out[-1].position))
+
+    targets = dict.fromkeys(names, 0.2)
+    targets['knee_front_left'] = 3.0    # beyond the knee's 50 degrees
+    targets['yaw_back_left'] = -3.0     # beyond the yaw's -50 degrees
+    got = send(DT_NS, targets)
+    assert got['knee_front_left'] == pytest.approx(np.deg2rad(50.0) - 0.05)
+    assert got['yaw_back_left'] == pytest.approx(np.deg2rad(-50.0) + 0.05)
+    assert all(got[n] == 0.2 for n in names if n not in ('knee_front_left', 'yaw_back_left'))
+    assert ros.spin_until(lambda: arrays)
+    np.testing.assert_array_equal(arrays[0].data, out[-1].position)
+
+    # A NaN target is refused: nothing goes out (the body keeps the last safe target).
+    bad = dict(targets, pitch_back_right=float('nan'))
+    bad_msg = JointState(name=list(names), position=[bad[n] for n in names])
+    bad_msg.header.stamp = ns_to_time(2 * DT_NS)
+    command_pub.publish(bad_msg)
+    assert ros.spin_until(lambda: node.commands_rejected == 1)
+    assert 'pitch_back_right' in node.last_rejection and len(out) == 1
+
+    # E-stop: the measured joint positions go out as targets, never zeros.
+    assert estop_client.wait_for_service(timeout_sec=5.0)
+    future = estop_client.call_async(SetBool.Request(data=True))
+    assert ros.spin_until(future.done) and future.result().success
+    got = send(3 * DT_NS, targets)
+    assert got == pytest.approx({n: measured[n] for n in names})
+    assert efforts == []
 
 
 # The whole lockstep loop with the safety node between policy and sim.

@@ -12,6 +12,17 @@ that goes to the body:
   5. otherwise: clamp to the per-actuator torque limits, scale by the soft-start ramp, then
      limit the change from the previous output to `rate_limit * dt`.
 
+`PositionFilter` does the same for position contracts (joint targets, rad or m, that the body
+tracks with its own PD loop), with what a position interface needs instead of torque limits:
+
+  1. non-finite or wrongly sized targets are rejected (the body keeps the last safe target);
+  2. stamps and the action delay as above (while the delay fills, the measured pose goes out);
+  3. while the e-stop is latched or the watchdog has stopped the stream, the joint positions
+     measured at the stop are held (never zero targets: those would slam every joint to 0);
+  4. otherwise: clamp to the joint range (`PositionLimits`, from the robot model and optionally
+     tightened), ramp from the measured pose to the target over the soft-start time, then
+     limit the change from the previous output (or the measured pose) to `velocity * dt`.
+
 Every step is a function of the command stamps alone (never of the wall clock), so a lockstep
 run stays deterministic. `Watchdog` is the wall-clock part: the node feeds it on each valid
 command and asks it whether the command stream has timed out. `DelayLine` and `StampOrder`
@@ -388,4 +399,355 @@ class SafetyFilter:
         self.estopped = False
         if was:
             self._delay.clear()
+        return was
+
+
+# Position commands.
+
+_FILL = object()  # what the action delay line returns while it fills
+
+
+@dataclasses.dataclass
+class PositionLimits:
+    """Per-actuator limits of the position filter (joint targets, rad for hinges, m for slides).
+
+    Attributes:
+        actuator_names: (nu,) names, in the order of every array here.
+        lower: (nu,) smallest target let through; -inf: none.
+        upper: (nu,) largest target let through; +inf: none.
+        velocity: (nu,) largest change of the target per second (rad/s or m/s); None: no
+            velocity limit.
+        soft_start_s: time (s, by command stamps) over which the output ramps from the
+            measured pose to the commanded targets after activation; 0: no ramp.
+    """
+
+    actuator_names: list[str]
+    lower: np.ndarray
+    upper: np.ndarray
+    velocity: np.ndarray | None = None
+    soft_start_s: float = 0.0
+
+    def __post_init__(self):
+        nu = len(self.actuator_names)
+        self.actuator_names = list(self.actuator_names)
+        self.lower = _per_actuator_bound(self.lower, nu, 'lower position limits')
+        self.upper = _per_actuator_bound(self.upper, nu, 'upper position limits')
+        inverted = [n for n, lo, hi in zip(self.actuator_names, self.lower, self.upper)
+                    if not lo <= hi]
+        if inverted:
+            raise ValueError(f'lower position limits exceed the upper ones for {inverted[:5]}')
+        if self.velocity is not None:
+            self.velocity = _per_actuator(self.velocity, nu, 'velocity limits')
+            if np.any(self.velocity <= 0.0):
+                raise ValueError('velocity limits should be > 0 (leave them out for none)')
+        if not self.soft_start_s >= 0.0:
+            raise ValueError(f'soft_start_s should be >= 0: got {self.soft_start_s}')
+
+
+def _per_actuator_bound(values: npt.ArrayLike, nu: int, what: str) -> np.ndarray:
+    """Like `_per_actuator`, but +-inf (no bound) is allowed; NaN is not."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size == 1:
+        values = np.full(nu, float(values[0]))
+    if values.shape != (nu,):
+        raise ValueError(f'{what} should have 1 or {nu} values (one per actuator): '
+                         f'got {values.size}')
+    if np.any(np.isnan(values)):
+        raise ValueError(f'{what} should not be NaN')
+    return values
+
+
+def joint_ranges(model: Any, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The range of each named joint of a MuJoCo model; +-inf for a joint without limits.
+
+    Args:
+        model: a compiled mujoco.MjModel.
+        names: joint names (matched by name, e.g. a position contract's actuator names).
+
+    Returns:
+        (lower, upper) arrays in `names` order (rad for hinges, m for slides).
+
+    Raises:
+        ValueError: a name that is no hinge or slide joint of the model.
+    """
+    import mujoco
+    moving = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
+    lower, upper, missing = [], [], []
+    for name in names:
+        jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
+        if jid < 0 or int(model.jnt_type[jid]) not in moving:
+            missing.append(name)
+            continue
+        if model.jnt_limited[jid]:
+            lower.append(float(model.jnt_range[jid, 0]))
+            upper.append(float(model.jnt_range[jid, 1]))
+        else:
+            lower.append(-np.inf)
+            upper.append(np.inf)
+    if missing:
+        raise ValueError(f'the robot model has no hinge or slide joint named {missing[:5]}'
+                         f'{f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""}: a '
+                         'position contract names the joints its actuators drive')
+    return np.array(lower), np.array(upper)
+
+
+def robot_joint_ranges(robot: str, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`joint_ranges` of a robot of vrat_ros.robots (a name in config/robots or a YAML path).
+
+    Known shortcoming: the model is built at the robot file's own scale, so slide-joint
+    ranges (m) do not follow a different `body_scale` of the sim; hinge ranges do not scale.
+    """
+    from vrat_ros.robots import load_robot
+    model, _ = load_robot(robot)
+    return joint_ranges(model, names)
+
+
+def position_limits_from_contract(contract: dict, lower: npt.ArrayLike, upper: npt.ArrayLike,
+                                  lower_override: Sequence[float] = (),
+                                  upper_override: Sequence[float] = (),
+                                  margin: float = 0.0,
+                                  velocity_limit: Sequence[float] = (),
+                                  soft_start_s: float = 0.0) -> PositionLimits:
+    """Builds the limits of a position policy's actuators from the joint ranges and overrides.
+
+    The overrides can only tighten the joint range: the result is the intersection.
+
+    Args:
+        contract: the policy's vrat contract (actuator_names).
+        lower, upper: (nu,) the joint ranges of the body, in contract order (`joint_ranges`).
+        lower_override, upper_override: tighter bounds, one value or one per actuator; empty:
+            the joint range alone.
+        margin: shrinks every range by this much at each end (rad or m; >= 0).
+        velocity_limit: largest target velocity (rad/s or m/s), one value or one per
+            actuator; empty: no velocity limit.
+        soft_start_s: ramp time (s) from the measured pose after activation.
+
+    Returns:
+        The `PositionLimits`.
+
+    Raises:
+        ValueError: a bad value, or a range that the margin or overrides leave empty.
+    """
+    names = list(contract['actuator_names'])
+    nu = len(names)
+    lo = _per_actuator_bound(lower, nu, 'joint range lower bounds')
+    hi = _per_actuator_bound(upper, nu, 'joint range upper bounds')
+    if len(lower_override) > 0:
+        lo = np.maximum(lo, _per_actuator_bound(lower_override, nu, 'position lower limits'))
+    if len(upper_override) > 0:
+        hi = np.minimum(hi, _per_actuator_bound(upper_override, nu, 'position upper limits'))
+    if not margin >= 0.0:
+        raise ValueError(f'the position margin should be >= 0: got {margin}')
+    lo, hi = lo + margin, hi - margin
+    empty = [n for n, a, b in zip(names, lo, hi) if not a <= b]
+    if empty:
+        raise ValueError(f'the margin and position limits leave no range for {empty[:5]}')
+    velocity = (_per_actuator(velocity_limit, nu, 'velocity limits')
+                if len(velocity_limit) > 0 else None)
+    return PositionLimits(actuator_names=names, lower=lo, upper=hi, velocity=velocity,
+                          soft_start_s=float(soft_start_s))
+
+
+class PositionFilter:
+    """Checks and shapes each joint-target command on its way from the policy to the body.
+
+    The node feeds it the measured joint positions (`observe`, from joint_states, in actuator
+    order). Those are where the soft start begins, where the velocity limit starts when no
+    target went out yet, and what is held while stopped (with no measurement yet: the last
+    target sent). Until some pose is known, commands that need one (soft start, velocity
+    limit, action delay, e-stop) are refused; the others pass.
+
+    Stopped (e-stop latched, or the watchdog's `stop`): the output holds the joint positions
+    measured when the stop began (when none had been measured: the last target sent, else the
+    first measurement that arrives). Zero targets are never sent: they would slam every joint
+    to 0 rad. A body that holds its pose stays stiff under its PD loop; one whose PD loop
+    cannot hold it still sags (known shortcoming: there is no limp or damping mode for
+    position bodies; a driver's own stop is the next line of defence).
+
+    Args:
+        limits: per-actuator target range, velocity limit and soft-start time.
+        period_s: the usual time between commands (the contract's control period): the dt of
+            the velocity limit for the first command and the first one after a stop.
+        action_delay_steps: commands to delay each command by (sensorimotor latency).
+
+    Attributes:
+        safe_mode: 'hold' (for the node's log lines; the torque filter's are 'zero'/'damping').
+        estopped: the e-stop is latched (until `reset`).
+        rejected: commands refused (bad values, a stamp that went back, or no pose known where
+            one is needed).
+        last_problem: why the last command was refused.
+        clamped: actuator-commands cut to the target range.
+        rate_limited: actuator-commands cut by the velocity limit.
+    """
+
+    safe_mode = 'hold'
+
+    def __init__(self, limits: PositionLimits, period_s: float, action_delay_steps: int = 0):
+        if not period_s > 0.0:
+            raise ValueError(f'period_s should be > 0: got {period_s}')
+        self.limits = limits
+        self.nu = len(limits.actuator_names)
+        self._delay = DelayLine(action_delay_steps, fill=_FILL)
+        self.estopped = False
+        self.rejected = 0
+        self.clamped = 0
+        self.rate_limited = 0
+        self.last_problem = ''
+        self._period_ns = int(round(period_s * 1e9))  # the last gap between stamps
+        self._last_stamp_ns = None
+        self._last_output = None    # nothing sent yet
+        self._measured = None       # the latest measured joint positions
+        self._hold = None           # the pose held while stopped
+        self._stopped = False       # the watchdog stopped the stream
+        self._activation_ns = None
+        self._anchor = None         # the measured pose at activation: the ramp's start
+        self._resuming = False
+
+    @property
+    def last_output(self) -> np.ndarray | None:
+        """The targets most recently sent out (None: none yet)."""
+        return None if self._last_output is None else self._last_output.copy()
+
+    @property
+    def measured(self) -> np.ndarray | None:
+        """The latest measured joint positions (None: none yet)."""
+        return None if self._measured is None else self._measured.copy()
+
+    def observe(self, position: npt.ArrayLike) -> bool:
+        """Records the measured joint positions, (nu,) in actuator order.
+
+        Returns:
+            False (nothing recorded) when the shape is wrong or a value is not finite (e.g. a
+            joint missing from joint_states).
+        """
+        position = np.asarray(position, dtype=np.float64)
+        if position.shape != (self.nu,) or not np.all(np.isfinite(position)):
+            return False
+        self._measured = position.copy()
+        if (self.estopped or self._stopped) and self._hold is None:
+            self._hold = position.copy()
+        return True
+
+    def _pose_now(self) -> np.ndarray | None:
+        for pose in (self._measured, self._last_output):
+            if pose is not None:
+                return pose.copy()
+        return None
+
+    def safe_output(self) -> np.ndarray | None:
+        """The targets sent while stopped: the held pose (None: no pose known to hold)."""
+        return self._hold.copy() if self._hold is not None else self._pose_now()
+
+    def command(self, stamp_ns: int, target: npt.ArrayLike) -> np.ndarray | None:
+        """One policy command in, the targets for the body out.
+
+        Args:
+            stamp_ns: the command's stamp (ns); it sets dt of the velocity limit and the ramp.
+            target: (nu,) joint targets in `limits.actuator_names` order.
+
+        Returns:
+            (nu,) targets, or None when the command is refused (see `last_problem`); the body
+            then keeps the last safe target.
+        """
+        target = np.asarray(target, dtype=np.float64)
+        if target.shape != (self.nu,):
+            return self._refuse(f'command has {target.size} targets; expected {self.nu}')
+        bad = ~np.isfinite(target)
+        if bad.any():
+            names = [n for n, b in zip(self.limits.actuator_names, bad) if b]
+            return self._refuse(f'non-finite targets for {names[:5]}')
+        if self._last_stamp_ns is not None:
+            if stamp_ns == self._last_stamp_ns:
+                return self.last_output
+            if stamp_ns < self._last_stamp_ns:
+                return self._refuse(f'stamp {stamp_ns * 1e-9:.6f} s is older than the last '
+                                    f'command at {self._last_stamp_ns * 1e-9:.6f} s')
+        needs_pose = (self.estopped or self.limits.soft_start_s > 0.0 or self._delay.steps > 0
+                      or self.limits.velocity is not None)
+        if needs_pose and self.safe_output() is None:
+            what = ('the e-stop holds' if self.estopped else
+                    'the soft start, velocity limit and action delay start from')
+            return self._refuse(f'no joint_states yet (and no target sent): {what} the '
+                                'measured pose')
+        delayed = self._delay.push(stamp_ns, target)
+        out = self.safe_output() if self.estopped else self._shape(stamp_ns, delayed)
+        self._last_stamp_ns = stamp_ns
+        self._last_output = out
+        return out.copy()
+
+    def _shape(self, stamp_ns: int, target) -> np.ndarray:
+        # `command` made sure that a pose is known where one is needed.
+        activating = self._activation_ns is None
+        anchor = self._pose_now() if activating else self._anchor
+        if target is _FILL:  # the action delay fills: hold the pose
+            out, clamped = anchor.copy(), 0
+        else:
+            out = np.clip(target, self.limits.lower, self.limits.upper)
+            clamped = int(np.count_nonzero(out != target))
+        activation_ns = stamp_ns if activating else self._activation_ns
+        if self.limits.soft_start_s > 0.0:
+            ramp = (stamp_ns - activation_ns) * 1e-9 / self.limits.soft_start_s
+            out = anchor + min(max(ramp, 0.0), 1.0) * (out - anchor)
+        if self._resuming or self._last_stamp_ns is None:
+            # After a stop the stamp gap can be long; one usual period is what a step may do.
+            gap_ns, period_ns = self._period_ns, self._period_ns
+        else:
+            gap_ns = period_ns = stamp_ns - self._last_stamp_ns
+        previous = self._last_output if self._last_output is not None else self._measured
+        limited = 0
+        if self.limits.velocity is not None:
+            step = self.limits.velocity * gap_ns * 1e-9
+            slowed = np.clip(out, previous - step, previous + step)
+            limited = int(np.count_nonzero(slowed != out))
+            out = slowed
+        self._activation_ns, self._anchor = activation_ns, anchor
+        self._period_ns, self._resuming = period_ns, False
+        self._hold, self._stopped = None, False
+        self.clamped += clamped
+        self.rate_limited += limited
+        return out
+
+    def _refuse(self, problem: str) -> None:
+        self.rejected += 1
+        self.last_problem = problem
+        return None
+
+    def stop(self, position: npt.ArrayLike | None = None) -> None:
+        """Marks a safe stop after a timeout: hold a pose; the output ramps up again after it.
+
+        Args:
+            position: the pose to hold (default: the latest measured one, else the last
+                target sent); the velocity limit starts from it when commands resume.
+        """
+        self._stopped = True
+        if position is not None:
+            self._hold = np.asarray(position, dtype=np.float64).copy()
+        elif not self.estopped or self._hold is None:
+            self._hold = self._pose_now()
+        self._activation_ns = None
+        self._resuming = True
+        self._delay.clear()
+        if self._hold is not None:
+            self._last_output = self._hold.copy()
+
+    def estop(self) -> None:
+        """Latches the e-stop: every command becomes the pose measured now, until `reset`."""
+        if not (self.estopped or self._stopped) or self._hold is None:
+            self._hold = self._pose_now()
+        self.estopped = True
+        self._activation_ns = None
+        self._resuming = True
+
+    def reset(self) -> bool:
+        """Releases the e-stop; the delay refills, the ramp restarts from the measured pose.
+
+        Returns:
+            True if the e-stop was latched.
+        """
+        was = self.estopped
+        self.estopped = False
+        if was:
+            self._delay.clear()
+            if not self._stopped:
+                self._hold = None  # a new e-stop holds the pose of its own moment
         return was

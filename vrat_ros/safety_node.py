@@ -1,17 +1,32 @@
 """The `safety` node: checks the policy's commands on their way to the body (sim or driver).
 
-Commands:
-  in   policy/effort (input_topic)   sensor_msgs/JointState, named torques (N m) in `effort`
-  out  safety/effort (output_topic)  the same form, the contract's actuator names and order,
-                                     stamped like the command it answers
-       safety/effort_controller/commands  std_msgs/Float64MultiArray in contract order
-                                          (with publish_float64_array)
+Commands (by the contract's command_interface):
+  effort
+    in   policy/effort (input_topic)   sensor_msgs/JointState, named torques (N m) in `effort`
+    out  safety/effort (output_topic)  the same form, the contract's actuator names and order,
+                                       stamped like the command it answers
+         safety/effort_controller/commands  std_msgs/Float64MultiArray in contract order
+                                            (with publish_float64_array)
+  position
+    in   policy/position               named joint targets (rad, or m for slides) in `position`
+    out  safety/position               the same form and order, stamped like the command
+         safety/position_controller/commands  Float64MultiArray (publish_float64_array)
+    Targets are clamped to the joint ranges of the robot model (`robot`, default the
+    contract's body; joints matched by actuator name), optionally tightened by
+    position_margin_rad or position_lower_rad / position_upper_rad; velocity_limit_rad_s
+    replaces the torque rate limit and the soft start ramps from the measured joint positions
+    (joint_states) to the targets. The torque parameters (torque_*, rate_*, safe_output,
+    damping_gain_s) do not apply to position contracts.
 Observations (with relay_observations; point the policy at them to give it the delay):
   joint_states -> safety/joint_states, odom -> safety/odom: stamps that go back are dropped
   with a warning, non-finite joint states too, and with observation_delay_steps = N each
   message carries the state of N steps earlier under the current stamp.
 E-stop: std_srvs/SetBool ~/estop (true latches) or std_msgs/Bool on `estop` (true latches);
-std_srvs/Trigger ~/reset releases it. While latched every command becomes the safe output.
+std_srvs/Trigger ~/reset releases it. While latched every command becomes the safe output:
+zero torque or damping for effort contracts; for position contracts, the joint positions last
+measured (joint_states) when the stop began are held, never zero targets (those would slam the
+joints to 0 rad). With no joint_states yet, a position stop holds the last target sent, or
+sends nothing when there is none.
 
 Each command goes through `vrat_ros.safety.SafetyFilter` (limits, soft start, rate limit,
 action delay) in its own callback and goes out at once, stamped as it came, so a lockstep run
@@ -44,10 +59,14 @@ from std_srvs.srv import Trigger
 from vrat_ros.node_main import spin_node
 from vrat_ros.policy import read_contract
 from vrat_ros.resources import default_policy_path
+from vrat_ros.ros_messages import command_topics
 from vrat_ros.ros_messages import ns_to_time
 from vrat_ros.ros_messages import stamp_to_ns
 from vrat_ros.safety import DelayLine
 from vrat_ros.safety import limits_from_contract
+from vrat_ros.safety import position_limits_from_contract
+from vrat_ros.safety import PositionFilter
+from vrat_ros.safety import robot_joint_ranges
 from vrat_ros.safety import SAFE_OUTPUTS
 from vrat_ros.safety import SafetyFilter
 from vrat_ros.safety import StampOrder
@@ -107,14 +126,23 @@ class SafetyNode(Node):
 
         policy_file = declare('policy_file', default_policy_path(),
                               'ONNX policy whose contract names the actuators and limits')
+        self.contract = read_contract(policy_file)
+        self.command_interface = self.contract['command_interface']
+        self._field = self.command_interface  # the JointState field of the commands
+        named_topic, array_default = command_topics(self.command_interface)
         self.mode = declare('mode', 'realtime',
                             "'lockstep': no watchdog (the body waits for commands); "
                             "'realtime': watchdog on wall time")
-        input_topic = declare('input_topic', 'policy/effort', 'Commands to check (JointState)')
-        output_topic = declare('output_topic', 'safety/effort', 'Checked commands (JointState)')
+        # The topic defaults follow the contract: policy/effort -> safety/effort, or
+        # policy/position -> safety/position.
+        input_topic = declare('input_topic', named_topic,
+                              'Commands to check (JointState); default by the contract\'s '
+                              'command_interface: policy/effort or policy/position')
+        output_topic = declare('output_topic', 'safety/' + named_topic.split('/')[-1],
+                               'Checked commands (JointState): safety/effort or safety/position')
         publish_array = declare('publish_float64_array', False,
                                 'Also publish the checked commands as Float64MultiArray')
-        array_topic = declare('array_topic', 'safety/effort_controller/commands',
+        array_topic = declare('array_topic', 'safety/' + array_default,
                               'Topic of the Float64MultiArray commands (contract order)')
         timeout_s = declare('command_timeout_s', 0.1,
                             'Realtime: longest gap (s) between valid commands; 0 turns it off',
@@ -149,6 +177,26 @@ class SafetyNode(Node):
                                     integer_range=[steps])
         relay = declare('relay_observations', True,
                         'Relay joint_states and odom to safety/joint_states and safety/odom')
+        robot = declare('robot', '',
+                        'Position contracts: the robot whose joint ranges bound the targets (a '
+                        'name in config/robots or a robot YAML path); empty: the contract\'s '
+                        'body name')
+        margin = declare('position_margin_rad', 0.0,
+                         'Position contracts: shrink each joint range by this at both ends '
+                         '(rad, or m for slides)', floating_point_range=[non_negative])
+        lower_override = self.declare_parameter(
+            'position_lower_rad', Parameter.Type.DOUBLE_ARRAY, ParameterDescriptor(
+                description='Position contracts: lower target limits, one or one per actuator '
+                            '(contract order); they only tighten the joint range; unset: the '
+                            'range', read_only=True)).value
+        upper_override = self.declare_parameter(
+            'position_upper_rad', Parameter.Type.DOUBLE_ARRAY, ParameterDescriptor(
+                description='Position contracts: upper target limits, as position_lower_rad',
+                read_only=True)).value
+        velocity_limit = self.declare_parameter(
+            'velocity_limit_rad_s', Parameter.Type.DOUBLE_ARRAY, ParameterDescriptor(
+                description='Position contracts: largest target velocity (rad/s), one or one '
+                            'per actuator; unset: none', read_only=True)).value
         restart_after = declare('restart_after', 10,
                                 'Backward stamps in a row taken as a restarted source',
                                 integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)])
@@ -158,15 +206,27 @@ class SafetyNode(Node):
             raise ValueError(f"mode should be one of {MODES}: got '{self.mode}'")
         if safe_output not in SAFE_OUTPUTS:
             raise ValueError(f"safe_output should be one of {SAFE_OUTPUTS}: got '{safe_output}'")
-        self.contract = read_contract(policy_file)
-        limits = limits_from_contract(
-            self.contract, torque_limits_nm=torque_limits or (), torque_limit_scale=limit_scale,
-            rate_limit_nm_s=rate_limits or (), rate_limit_per_s=rate_per_s,
-            soft_start_s=soft_start_s, damping_gain_s=damping_gain_s)
-        self.filter = SafetyFilter(limits, safe_output, action_delay)
+        self.period_s = 1.0 / float(self.contract['control_rate_hz'])
+        if self.command_interface == 'position':
+            robot = robot or str((self.contract.get('body') or {}).get('name', ''))
+            if not robot:
+                raise ValueError('the contract names no body: set the robot parameter')
+            names = list(self.contract['actuator_names'])
+            lower, upper = robot_joint_ranges(robot, names)
+            limits = position_limits_from_contract(
+                self.contract, lower, upper, lower_override=lower_override or (),
+                upper_override=upper_override or (), margin=margin,
+                velocity_limit=velocity_limit or (), soft_start_s=soft_start_s)
+            self.filter = PositionFilter(limits, self.period_s, action_delay)
+        else:
+            limits = limits_from_contract(
+                self.contract, torque_limits_nm=torque_limits or (),
+                torque_limit_scale=limit_scale, rate_limit_nm_s=rate_limits or (),
+                rate_limit_per_s=rate_per_s, soft_start_s=soft_start_s,
+                damping_gain_s=damping_gain_s)
+            self.filter = SafetyFilter(limits, safe_output, action_delay)
         self.actuator_names = limits.actuator_names
         self._index = {n: i for i, n in enumerate(self.actuator_names)}
-        self.period_s = 1.0 / float(self.contract['control_rate_hz'])
         self.watchdog = Watchdog(timeout_s if self.mode == 'realtime' else 0.0)
 
         # Run state and counters (read by tests).
@@ -200,15 +260,30 @@ class SafetyNode(Node):
             tick_s = min(self.period_s, timeout_s / 2.0)
             self.create_timer(tick_s, self._on_watchdog_timer, clock=self._steady)
 
-        rate = limits.rate_nm_s
+        if self.command_interface == 'position':
+            speed = limits.velocity
+            unbounded = [n for n, lo, hi in zip(self.actuator_names, limits.lower, limits.upper)
+                         if not (np.isfinite(lo) and np.isfinite(hi))]
+            if unbounded:
+                self.get_logger().warning(
+                    f'{len(unbounded)} joints of {robot} have no range and no position limit '
+                    f'was set: their targets are not clamped: {_preview(unbounded)}')
+            shaping = (f"targets within the joint ranges of {robot}"
+                       f"{f' less {margin:g}' if margin else ''}, velocity limit "
+                       f'{"off" if speed is None else f"{speed.min():g}..{speed.max():g}/s"}')
+            stopped = 'hold the measured pose'
+        else:
+            rate = limits.rate_nm_s
+            shaping = (f'torque limits {limits.torque_nm.min():g}..{limits.torque_nm.max():g} '
+                       f'N m, rate limit '
+                       f'{"off" if rate is None else f"{rate.min():g}..{rate.max():g} N m/s"}')
+            stopped = safe_output
         self.get_logger().info(
             f'{self.mode} safety for {len(self.actuator_names)} actuators: {input_topic} -> '
-            f'{output_topic}{" and " + array_topic if publish_array else ""}; torque limits '
-            f'{limits.torque_nm.min():g}..{limits.torque_nm.max():g} N m, rate limit '
-            f'{"off" if rate is None else f"{rate.min():g}..{rate.max():g} N m/s"}, soft start '
-            f'{soft_start_s:g} s, action delay {action_delay} and observation delay '
+            f'{output_topic}{" and " + array_topic if publish_array else ""}; {shaping}, soft '
+            f'start {soft_start_s:g} s, action delay {action_delay} and observation delay '
             f'{observation_delay if relay else "- (no relay)"} steps, watchdog '
-            f'{f"{timeout_s:g} s" if self.watchdog.enabled else "off"} -> {safe_output}')
+            f'{f"{timeout_s:g} s" if self.watchdog.enabled else "off"} -> {stopped}')
 
     # Time.
 
@@ -223,9 +298,11 @@ class SafetyNode(Node):
         self.get_logger().error(f'command rejected: {problem}', throttle_duration_sec=1.0)
 
     def _torque_from_msg(self, msg: JointState) -> np.ndarray | None:
+        """The command's torques (effort) or targets (position) in contract order, or None."""
         names = list(msg.name)
-        if len(msg.effort) != len(names):
-            self._reject(f'{len(msg.effort)} efforts for {len(names)} names')
+        values = getattr(msg, self._field)
+        if len(values) != len(names):
+            self._reject(f'{len(values)} {self._field}s for {len(names)} names')
             return None
         index = {n: i for i, n in enumerate(names)}
         missing = [n for n in self.actuator_names if n not in index]
@@ -234,7 +311,7 @@ class SafetyNode(Node):
             self._reject(f'names should be the contract actuators once each: missing '
                          f'{_preview(missing)}, unknown {_preview(unknown)}')
             return None
-        return np.array([msg.effort[index[n]] for n in self.actuator_names], dtype=np.float64)
+        return np.array([values[index[n]] for n in self.actuator_names], dtype=np.float64)
 
     def _on_command(self, msg: JointState) -> None:
         self.commands_in += 1
@@ -242,7 +319,10 @@ class SafetyNode(Node):
         if torque is None:
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
-        out = self.filter.command(stamp_ns, torque, self._velocity)
+        if self.command_interface == 'position':
+            out = self.filter.command(stamp_ns, torque)
+        else:
+            out = self.filter.command(stamp_ns, torque, self._velocity)
         if out is None:
             self._reject(self.filter.last_problem)
             return
@@ -257,14 +337,28 @@ class SafetyNode(Node):
         msg = JointState()
         msg.header.stamp = ns_to_time(stamp_ns)
         msg.name = self.actuator_names
-        msg.effort = torque.tolist()
+        setattr(msg, self._field, torque.tolist())
         self.output_pub.publish(msg)
         if self.array_pub is not None:
-            self.array_pub.publish(Float64MultiArray(data=msg.effort))
+            self.array_pub.publish(Float64MultiArray(data=torque.tolist()))
         self.commands_out += 1
 
+    def _safe_output(self) -> np.ndarray | None:
+        if self.command_interface == 'position':
+            return self.filter.safe_output()
+        return self.filter.safe_output(self._velocity)
+
+    def _safe_text(self) -> str:
+        if self.command_interface == 'position':
+            return 'the measured pose as targets'
+        return f'{self.filter.safe_mode} torque'
+
     def _publish_safe(self) -> None:
-        out = self.filter.safe_output(self._velocity)
+        out = self._safe_output()
+        if out is None:  # position, before any joint_states or target: nothing to hold
+            self.get_logger().error('stopped before any joint_states: no pose to hold, '
+                                    'nothing sent', throttle_duration_sec=1.0)
+            return
         self._publish(self.get_clock().now().nanoseconds, out)
         self.safe_outputs += 1
 
@@ -274,9 +368,12 @@ class SafetyNode(Node):
         if self.watchdog.expired(now) and not timed_out:
             self.get_logger().warning(
                 f'no valid command for {self.watchdog.timeout_s:g} s: sending '
-                f'{self.filter.safe_mode} torque until commands resume '
+                f'{self._safe_text()} until commands resume '
                 f'(timeout {self.watchdog.episodes} of this run)')
-            self.filter.stop(self.filter.safe_output(self._velocity))
+            if self.command_interface == 'position':
+                self.filter.stop()  # holds the pose measured now
+            else:
+                self.filter.stop(self.filter.safe_output(self._velocity))
         if self.watchdog.timed_out or self.filter.estopped:
             self._publish_safe()
 
@@ -288,7 +385,7 @@ class SafetyNode(Node):
         velocity = np.asarray(msg.velocity, dtype=np.float64)
         if not (np.all(np.isfinite(position)) and np.all(np.isfinite(velocity))):
             self.get_logger().error('joint_states has non-finite values: not relayed, '
-                                    'not used for damping', throttle_duration_sec=1.0)
+                                    'not used for damping or holding', throttle_duration_sec=1.0)
             if self.joint_relay is not None:
                 self.joint_relay.rejected += 1
             return
@@ -303,12 +400,21 @@ class SafetyNode(Node):
                     f'{len(undamped)} actuators have no joint of their name in joint_states '
                     f'(tendons?); the damping safe output gives them zero torque: '
                     f'{_preview(undamped)}', once=True)
+            if undamped and self.command_interface == 'position':
+                self.get_logger().warning(
+                    f'{len(undamped)} actuators have no joint of their name in joint_states: '
+                    f'no measured pose, so no soft start, velocity limit start or hold from '
+                    f'it: {_preview(undamped)}', once=True)
         cols = self._velocity_layout[1]
+        known = cols >= 0
         if len(velocity) == len(names):
-            known = cols >= 0
             vel = np.full(len(cols), np.nan)
             vel[known] = velocity[cols[known]]
             self._velocity = vel
+        if self.command_interface == 'position' and len(position) == len(names):
+            pos = np.full(len(cols), np.nan)
+            pos[known] = position[cols[known]]
+            self.filter.observe(pos)  # refused (kept out) when a joint is missing
         if self.joint_relay is not None:
             self.joint_relay.forward(msg)
 
@@ -317,8 +423,8 @@ class SafetyNode(Node):
     def _latch(self, source: str) -> None:
         if not self.filter.estopped:
             self.get_logger().error(
-                f'E-STOP from {source}: sending {self.filter.safe_mode} torque until '
-                '~/reset is called')
+                f'E-STOP from {source}: sending {self._safe_text()} until ~/reset is '
+                'called')
         self.filter.estop()
         if self.watchdog.enabled:
             self._publish_safe()

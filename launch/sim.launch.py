@@ -1,9 +1,10 @@
 """Starts the closed loop: reference, policy and MuJoCo sim nodes, each its own process.
 
 Arguments (ros2 launch vrat_ros sim.launch.py --show-args lists them):
-  robot                       the sim's body: a name in config/robots (rat, quadruped) or a
-                              robot YAML path; its joints, rates and command interface must
-                              fit the policy's contract (the clip's joints too)
+  robot                       the body of the sim, the viz node and the safety node: a name in
+                              config/robots (rat, quadruped) or a robot YAML path; its joints,
+                              rates and command interface must fit the policy's contract (the
+                              clip's joints too)
   clip_file, policy_file      paths (a clip may also be a name `vrat clips` lists); left out,
                               they follow the robot: the clip and policy shipped for the rat,
                               or the robot file's defaults.clip and defaults.policy (e.g.

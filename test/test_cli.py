@@ -189,6 +189,72 @@ def test_train_takes_clip_names_from_vrat_clips(tmp_path, monkeypatch, capsys):
     assert seen[1]['rounds']['data']['pd_zeta'] == 0.3
 
 
+@pytest.mark.parametrize('argv, config, message', [
+    (['--robot', 'nosuch'], None, "robot 'nosuch' is neither a robot file nor a known robot"),
+    (['--robot', 'quadruped'], {'robot': 'rat'},
+     "trains robot 'rat' but --robot says 'quadruped'"),
+    (['--clips', 'rat7m_walk_2010_2310'], None,
+     "training clips ['rat7m_walk_2010_2310'] are held out for evaluation"),
+    (['--robot', 'quadruped', '--clips', 'quadruped_eval_2010_2310'], None,
+     "training clips ['quadruped_eval_2010_2310'] are held out"),
+])
+def test_train_refuses_a_wrong_body_or_held_out_clips_before_any_work(
+        tmp_path, monkeypatch, capsys, argv, config, message):
+    pytest.importorskip('torch')
+    seen = _capture_train(monkeypatch)
+    if config is not None:
+        path = tmp_path / 'config.json'
+        path.write_text(json.dumps(config))
+        argv = argv + ['--config', str(path)]
+    out = tmp_path / 'run'
+    assert main(['train', '--small', '--out', str(out)] + argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert seen == [] and not out.exists()
+
+
+def test_train_robot_comes_from_the_config_with_its_own_defaults(tmp_path, monkeypatch):
+    pytest.importorskip('torch')
+    from vrat_ros.train import default_config
+    seen = _capture_train(monkeypatch)
+    path = tmp_path / 'config.json'
+    path.write_text(json.dumps({'robot': 'quadruped'}))
+    assert main(['train', '--small', '--config', str(path), '--out', str(tmp_path / 'a')]) == 0
+    quadruped = default_config(small=True, robot='quadruped')
+    assert seen[0]['robot'] == 'quadruped'
+    assert seen[0]['relabel'] == quadruped['relabel']  # not the rat's root offsets
+    # The rat's own robot file is the rat.
+    rat_yaml = os.path.join(os.path.dirname(resources.__file__), '..', 'config', 'robots',
+                            'rat.yaml')
+    if os.path.isfile(rat_yaml):
+        assert main(['train', '--small', '--robot', rat_yaml,
+                     '--out', str(tmp_path / 'b')]) == 0
+        assert seen[1]['robot'] == 'rat'
+
+
+def test_train_refuses_to_overwrite_a_run_without_resume(tmp_path, monkeypatch, capsys):
+    pytest.importorskip('torch')
+    seen = _capture_train(monkeypatch)
+    out = tmp_path / 'run'
+    out.mkdir()
+    (out / 'checkpoint.pt').write_bytes(b'earlier run')
+    assert main(['train', '--small', '--out', str(out)]) == 1
+    assert 'already holds a training run; give --resume' in capsys.readouterr().err
+    assert (out / 'checkpoint.pt').read_bytes() == b'earlier run' and seen == []
+    assert main(['train', '--small', '--resume', '--out', str(out)]) == 0
+
+
+def test_train_refuses_eval_starts_beyond_every_clip(tmp_path):
+    pytest.importorskip('torch')
+    from vrat_ros.train import default_config
+    from vrat_ros.train import train
+    config = default_config(small=True)
+    config['eval']['starts_s'] = [100.0]
+    with pytest.raises(ValueError, match="'eval.starts_s' \\[100.0\\] has no start"):
+        train(config, str(tmp_path / 'run'), progress=False)
+    assert not (tmp_path / 'run').exists()
+
+
 def test_train_without_torch_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now raises ImportError
     out = tmp_path / 'run'

@@ -113,3 +113,28 @@ def test_failed_save_leaves_the_old_file_untouched(tmp_path, monkeypatch):
         _clip(n=5).save(str(path))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ['c.npz']
+
+
+def test_atomic_write_follows_links_and_refuses_devices(tmp_path):
+    """A report path that is a link writes its target (the link stays); a device is refused."""
+    import os
+    from vrat_ros.clip import atomic_write
+
+    def write(text):
+        def fn(tmp):
+            with open(tmp, 'w') as f:
+                f.write(text)
+        return fn
+    target = tmp_path / 'target.json'
+    link = tmp_path / 'link.json'
+    link.symlink_to(target)
+    atomic_write(str(link), write('first'))
+    assert link.is_symlink() and target.read_text() == 'first'
+    atomic_write(str(link), write('second'))
+    assert link.is_symlink() and target.read_text() == 'second'
+    fifo = tmp_path / 'pipe'
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match='is not a regular file'):
+        atomic_write(str(fifo), write('x'))
+    assert fifo.exists() and not fifo.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['link.json', 'pipe', 'target.json']

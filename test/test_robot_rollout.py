@@ -389,3 +389,36 @@ def test_eval_pd_on_an_effort_robot_without_gains_is_refused_before_any_episode(
     err = capsys.readouterr().err.strip()
     assert err.startswith("vrat eval: controller 'pd': ") and 'has no PD gains' in err
     assert '\n' not in err
+
+
+def test_a_policy_is_refused_on_a_robot_controlled_at_another_rate(tmp_path, capsys):
+    """The shipped 50 Hz quadruped policy on a copy of the robot file at 100 Hz."""
+    import shutil
+    from vrat_ros import resources
+    from vrat_ros.cli import main
+    policy = resources.data_path('policies', 'quadruped_inverse_dynamics.onnx')
+    robots_dir = os.path.join(os.path.dirname(resources.__file__), '..', 'config', 'robots')
+    source = os.path.join(robots_dir, 'quadruped.yaml')
+    if not (os.path.isfile(policy) and os.path.isfile(source)):
+        pytest.skip('needs the source checkout (config/robots) and the shipped policy')
+    fast = tmp_path / 'quadruped_100hz.yaml'
+    shutil.copy(source, fast)
+    text = fast.read_text().replace('control_rate_hz: 50.0', 'control_rate_hz: 100.0')
+    assert 'control_rate_hz: 100.0' in text
+    fast.write_text(text)
+    clip = resources.data_path('clips', 'quadruped', 'quadruped_eval_2010_2310.npz')
+    assert main(['eval', '--robot', str(fast), '--clips', clip, '--policy', policy,
+                 '--controller', 'policy', '--starts', '1', '--no-progress']) == 1
+    err = capsys.readouterr().err
+    assert 'trained at 50 Hz but the body is controlled at 100 Hz' in err
+    pytest.importorskip('rclpy')
+    assert main(['run', '--robot', str(fast), '--policy', policy, '--seconds', '0.5',
+                 '--no-progress']) == 1
+    assert "trained at 50 Hz but robot '" in capsys.readouterr().err
+
+
+def test_run_refuses_seconds_shorter_than_one_control_period(capsys):
+    pytest.importorskip('rclpy')
+    from vrat_ros.cli import main
+    assert main(['run', '--robot', 'quadruped', '--seconds', '0.001', '--no-progress']) == 1
+    assert 'at least one control period (0.02 s at 50 Hz): got 0.001' in capsys.readouterr().err

@@ -31,6 +31,10 @@ def _check_output_path(path: str | None, make_folders: bool = False) -> None:
         return
     if os.path.isdir(path) and not make_folders:
         raise ValueError(f"output '{path}' is a folder; give a file name")
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        raise ValueError(f"output '{path}' exists and is not a regular file (a device or a "
+                         'pipe); give a file path')
+    path = os.path.realpath(path)  # a link's target is what gets written
     folder = os.path.abspath(path) if os.path.isdir(path) else \
         os.path.dirname(os.path.abspath(path))
     if make_folders:
@@ -231,22 +235,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from vrat_ros.train import require_torch
     from vrat_ros.train import train
     from vrat_ros.train import validate_config
+    from vrat_ros.robots import load_robot_spec
     require_torch()  # before any work: a missing extra is one line, not a traceback
-    config = default_config(small=args.small, robot=args.robot)
-    if args.robot != 'rat' and not config['clips'] and not args.clips:
-        raise ValueError(f"robot '{args.robot}' has no shipped training clips; give some "
-                         'with --clips (make them with vrat retarget)')
+    update = _read_train_config(args.config) if args.config else {}
+    robot = args.robot
+    if 'robot' in update:  # the body is chosen before the defaults it brings
+        if robot is not None and _robot_key(update['robot']) != _robot_key(robot):
+            raise ValueError(f"config '{args.config}' trains robot {update['robot']!r} but "
+                             f'--robot says {robot!r}; give one of them')
+        robot = update['robot']
+    robot = 'rat' if robot is None else robot
+    if not isinstance(robot, str) or not robot:
+        raise ValueError(f"config '{args.config}': setting 'robot' should be 'rat' or a robot "
+                         f'name: got {robot!r}')
+    spec = load_robot_spec(robot)  # an unknown robot is named here, before any work
+    robot = 'rat' if spec.name == 'rat' else robot
+    config = default_config(small=args.small, robot=robot)
     if args.config:
-        config = _load_train_config(args.config, config)
+        config = _load_train_config(args.config, config, update)
+    config['robot'] = robot
     if args.seed is not None:
         config['seed'] = args.seed
     if args.clips:
         config['clips'] = list(args.clips)
+    if not config['clips']:
+        raise ValueError(f"robot '{spec.name}' has no shipped training clips; give some "
+                         'with --clips (make them with vrat retarget)')
     validate_config(config)
     # Clip names that `vrat clips` lists work as well as paths, as in run and eval.
     config['clips'] = [os.path.abspath(resources.resolve_clip_path(c)) for c in config['clips']]
+    held_out = set(resources.HELD_OUT_CLIPS) | {
+        os.path.splitext(os.path.basename(c))[0] for c in resources.robot_eval_clips(spec)}
+    used = sorted({os.path.splitext(os.path.basename(c))[0] for c in config['clips']} & held_out)
+    if used and not args.allow_held_out:
+        raise ValueError(f'training clips {used} are held out for evaluation (vrat eval scores '
+                         'policies on them); train on others, or give --allow-held-out')
     if args.workers is not None and args.workers < 1:
         raise ValueError(f'--workers should be at least 1: got {args.workers}')
+    if (not args.resume and os.path.isfile(os.path.join(args.out, 'checkpoint.pt'))):
+        raise ValueError(f"'{args.out}' already holds a training run; give --resume to go on "
+                         'with it, or another --out')
     summary = train(config, args.out, resume=args.resume, progress=not args.no_progress,
                     export=not args.no_export, workers=args.workers,
                     ray_address=args.ray_address)
@@ -257,9 +285,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_train_config(path: str, config: dict) -> dict:
-    """Merges the settings of the JSON file `path` into `config`; errors name the file."""
-    from vrat_ros.train import validate_config
+def _robot_key(name) -> str:
+    """What a robot name or YAML path refers to, for comparing two of them."""
+    from vrat_ros.robots import load_robot_spec
+    try:
+        return load_robot_spec(name).name
+    except Exception:  # unknown or broken: compare the text; load_robot_spec names it later
+        return str(name)
+
+
+def _read_train_config(path: str) -> dict:
+    """Reads a --config JSON object; errors name the file."""
     with open(path, encoding='utf-8') as f:
         try:
             update = json.load(f)
@@ -268,6 +304,14 @@ def _load_train_config(path: str, config: dict) -> dict:
     if not isinstance(update, dict):
         raise ValueError(f"config '{path}' should hold a JSON object of settings: got "
                          f'{type(update).__name__}')
+    return update
+
+
+def _load_train_config(path: str, config: dict, update: dict | None = None) -> dict:
+    """Merges the settings of the JSON file `path` into `config`; errors name the file."""
+    from vrat_ros.train import validate_config
+    if update is None:
+        update = _read_train_config(path)
     try:
         _merge(config, update)
         validate_config(config)
@@ -367,10 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
                         '(default runs/train).')
     p.add_argument('--small', action='store_true',
                    help='A quick configuration (seconds; for CI and smoke tests).')
-    p.add_argument('--robot', default='rat',
+    p.add_argument('--robot', default=None,
                    help="Body to train: 'rat' (default), or a robot name in config/robots "
                         '(e.g. quadruped) or a robot YAML file; a robot trains on its '
-                        'shipped retargeted clips unless --clips is given.')
+                        "shipped retargeted clips unless --clips is given (a --config file's "
+                        "'robot' setting does the same).")
+    p.add_argument('--allow-held-out', action='store_true',
+                   help='Allow training on the held-out evaluation clips (refused by '
+                        'default: vrat eval scores policies on them).')
     p.add_argument('--config', help='JSON file whose settings override the defaults (its '
                    "'clips' may be files or names that `vrat clips` lists).")
     p.add_argument('--seed', type=int, help='Random seed (default 0).')

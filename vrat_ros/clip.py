@@ -44,8 +44,19 @@ def quat_slerp(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
 
 
 def atomic_write(path: str, write_fn) -> None:
-    """Writes a file through `write_fn(tmp_path)` then renames it, so no half file is left."""
-    directory = os.path.dirname(os.path.abspath(path)) or '.'
+    """Writes a file through `write_fn(tmp_path)` then renames it, so no half file is left.
+
+    A symbolic link is followed (its target is replaced, the link kept); an existing path
+    that is not a regular file (a device such as /dev/full, a FIFO) is refused, since the
+    rename would replace it.
+
+    Raises:
+        OSError: `path` exists and is not a regular file.
+    """
+    path = os.path.realpath(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise OSError(f"'{path}' exists and is not a regular file; give a file path")
+    directory = os.path.dirname(path) or '.'
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix=os.path.basename(path))
     os.close(fd)

@@ -187,7 +187,16 @@ def run_ros_loop(
     seconds = available_s if seconds is None else min(float(seconds), available_s)
     if not seconds > 0.0:
         raise ValueError(f'seconds should be positive: got {seconds}')
+    from vrat_ros.robots import load_robot_spec
+    robot_rate = float(load_robot_spec(robot).control_rate_hz)
+    if abs(robot_rate - rate_hz) > 1e-9:
+        raise ValueError(f"the policy was trained at {rate_hz:g} Hz but robot "
+                         f"'{robot}' is controlled at {robot_rate:g} Hz (its file's timing); "
+                         'use a policy trained for this rate or a robot file with its rate')
     n_steps = int(np.floor(seconds * rate_hz + 1e-9))
+    if n_steps < 1:
+        raise ValueError(f'seconds should cover at least one control period '
+                         f'({1.0 / rate_hz:g} s at {rate_hz:g} Hz): got {seconds:g}')
     period_ns = seconds_to_ns(1.0 / rate_hz)
     unknown = [layer for layer in (lesions or {}) if layer not in contract['layers']]
     if unknown:

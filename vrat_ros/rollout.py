@@ -137,6 +137,12 @@ def run_inline(
     """
     if control_rate_hz is None:
         control_rate_hz = default_control_rate_hz(body)
+    # A policy runs at the rate it was trained for: refuse a body that steps at another one.
+    policy_rate = getattr(getattr(controller, 'policy', None), 'control_rate_hz', None)
+    if policy_rate is not None and abs(float(policy_rate) - control_rate_hz) > 1e-9:
+        raise ValueError(f'the policy was trained at {float(policy_rate):g} Hz but the body '
+                         f'is controlled at {control_rate_hz:g} Hz; use a policy trained '
+                         'for this rate or a robot file with its rate')
     if list(clip.joint_names) != list(body.hinge_names):
         clip = clip.reorder_to(body.hinge_names)  # joints matched by name; ClipError if missing
     if not 0.0 <= start_time_s < clip.duration_s:

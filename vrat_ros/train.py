@@ -204,7 +204,11 @@ def default_config(small: bool = False, robot: str = 'rat') -> dict:
 def robot_training_clips(robot: str) -> list[str]:
     """The shipped training clips of a robot: data/clips/<name>/<name>_train_*.npz."""
     import glob
-    name = os.path.splitext(os.path.basename(str(robot)))[0]
+    from vrat_ros.robots import load_robot_spec
+    try:
+        name = load_robot_spec(robot).name  # a YAML path of a known robot finds its clips
+    except VratError:
+        name = os.path.splitext(os.path.basename(str(robot)))[0]
     return sorted(glob.glob(data_path('clips', name, f'{name}_train_*.npz')))
 
 
@@ -327,6 +331,10 @@ def validate_config(config: dict) -> None:
     if 'episode_steps' in config['rounds']['data']:
         _check_episode_settings(config['rounds']['data'], 'rounds.data')
     _check_ranges(config)
+    if not config['clips']:
+        raise ValueError("setting 'clips' should name at least one training clip")
+    if not config['model']['hidden']:
+        raise ValueError("setting 'model.hidden' should give at least one hidden layer size")
 
 
 # Allowed ranges of numeric settings: (low, high, low inclusive). Settings of 'rounds.data'
@@ -1311,6 +1319,11 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
 
     body = make_body(config)
     clips = [Clip.load(p).reorder_to(body.hinge_names) for p in config['clips']]
+    if not any(start < clip.duration_s for start in config['eval']['starts_s']
+               for clip in clips):
+        raise ValueError(f"setting 'eval.starts_s' {config['eval']['starts_s']} has no start "
+                         f'within the training clips (the longest lasts '
+                         f'{max(c.duration_s for c in clips):.2f} s)')
     joint_idx = observed_joints(body)
     if isinstance(body, RatBody):
         interface = policy_interface(body, int(config['relabel']['frames']))

@@ -422,3 +422,12 @@ def test_run_refuses_seconds_shorter_than_one_control_period(capsys):
     from vrat_ros.cli import main
     assert main(['run', '--robot', 'quadruped', '--seconds', '0.001', '--no-progress']) == 1
     assert 'at least one control period (0.02 s at 50 Hz): got 0.001' in capsys.readouterr().err
+
+
+def test_run_of_the_rat_refuses_a_quadruped_clip_naming_the_robot(capsys):
+    from vrat_ros.cli import main
+    assert main(['run', '--clip', 'quadruped_eval_2010_2310', '--seconds', '0.1',
+                 '--no-progress']) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("not for 'rat' (give --robot quadruped)")
+    assert len(err.splitlines()) == 1

@@ -133,9 +133,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not re.fullmatch(r'/|(/?[A-Za-z][A-Za-z0-9_]*)(/[A-Za-z][A-Za-z0-9_]*)*', args.namespace):
         raise ValueError(f"namespace should look like '/' or '/my_ns': got '{args.namespace}'")
     clip = Clip.load(clip_path)
-    if spec is not None and clip.meta.get('robot', spec.name) != spec.name:
+    body_name = 'rat' if spec is None else spec.name
+    if clip.meta.get('robot', body_name) != body_name:
+        hint = f" (give --robot {clip.meta['robot']})" if spec is None else ''
         raise ValueError(f"clip '{clip_path}' was made for robot '{clip.meta['robot']}', not "
-                         f"for '{spec.name}'")
+                         f"for '{body_name}'{hint}")
     try:
         from vrat_ros.loop import run_ros_loop
         import rclpy  # noqa: F401

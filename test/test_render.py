@@ -196,3 +196,16 @@ def test_render_refuses_frame_outputs_that_do_not_fit(argv, message, tmp_path, c
     assert main(['render', '--robot', 'quadruped', '--controller', 'none'] + argv) == 1
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_render_says_when_it_draws_at_another_fps(tmp_path, capsys):
+    """With a controller a frame is drawn every whole number of 20 ms steps: 30 fps -> 25."""
+    from vrat_ros.render import gl_backend_error
+    if gl_backend_error():
+        pytest.skip(gl_backend_error())
+    from vrat_ros.cli import main
+    out = tmp_path / 'run.gif'
+    assert main(['render', '--controller', 'pd', '--seconds', '0.2', '--fps', '30',
+                 '--width', '64', '--height', '48', '--out', str(out)]) == 0
+    assert 'at 25 fps (asked 30' in capsys.readouterr().out
+    assert out.is_file()

@@ -526,7 +526,11 @@ def _cmd_render(args: argparse.Namespace) -> int:
         return 0
     count = render_video(sim, ref, fps, args.out, width=2 * args.width, height=args.height,
                          scale=clip.body_scale, start_time_s=first_time, robot=robot)
-    sys.stdout.write(f'wrote {count} frames ({count / fps:.2f} s) to {args.out}\n')
+    note = ''
+    if abs(fps - args.fps) > 1e-6:  # a controller run is drawn every whole control step
+        note = (f' at {fps:g} fps (asked {args.fps:g}: a frame is drawn every whole number of '
+                'control steps)')
+    sys.stdout.write(f'wrote {count} frames ({count / fps:.2f} s) to {args.out}{note}\n')
     return 0
 
 

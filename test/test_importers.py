@@ -446,6 +446,8 @@ def test_list_clips_shows_the_shipped_clips():
     assert walk['kind'] == 'shipped' and walk['frames'] == 300 and walk['fps'] == 30.0
     assert walk['duration_s'] == pytest.approx(299 / 30, abs=1e-3)
     assert 'spoonsso/dannce' in walk['source']
+    assert walk['robot'] == 'rat'
+    assert entries['quadruped_eval_2010_2310']['robot'] == 'quadruped'
 
 
 @pytest.mark.parametrize('name', SHIPPED_RAT7M)

@@ -186,12 +186,13 @@ def run_clips(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
-    print(f"{'name':32} {'kind':8} {'frames':>6} {'fps':>5} {'seconds':>8}  source")
+    print(f"{'name':32} {'kind':8} {'robot':10} {'frames':>6} {'fps':>5} {'seconds':>8}  "
+          'source')
     for e in entries:
         if 'error' in e:
             print(f"{e['name']:32} {e['kind']:8} unreadable: {e['error']}")
             continue
-        print(f"{e['name']:32} {e['kind']:8} {e['frames']:>6} {e['fps']:>5g} "
+        print(f"{e['name']:32} {e['kind']:8} {e['robot']:10} {e['frames']:>6} {e['fps']:>5g} "
               f"{e['duration_s']:>8.2f}  {e['source']}")
     print(f'imported clips are kept in {os.fspath(importers.clips_dir())}')
     return 0

@@ -1067,6 +1067,7 @@ def _clip_entry(path: str, kind: str) -> dict:
     if origin:
         source = f'{source} ({origin})'
     entry.update({
+        'robot': meta.get('robot', 'rat'),  # the body whose joints the clip drives
         'frames': clip.n_frames, 'fps': clip.fps, 'duration_s': round(clip.duration_s, 3),
         'body_scale': clip.body_scale, 'format': meta.get('source_format'),
         'source': source, 'title': meta.get('title', ''),
@@ -1078,7 +1079,7 @@ def list_clips(include_imported: bool = True) -> list[dict]:
     """Lists the shipped clips and the imported ones in the library.
 
     Returns:
-        One dict per clip: name, kind ('shipped' or 'imported'), path, frames, fps,
+        One dict per clip: name, kind ('shipped' or 'imported'), path, robot, frames, fps,
         duration_s, body_scale, format, source, title; an unreadable file gets `error`
         instead of the clip fields.
     """

@@ -514,6 +514,46 @@ def _smooth_noise(rng: np.random.Generator, n: int, width: int,
     return smooth / np.sqrt(np.sum(kernel ** 2))
 
 
+def _collect(body, rng: np.random.Generator, cfg: dict, target: np.ndarray, n_steps: int,
+             k: int, joint_idx, policy, pd, noise_gain: np.ndarray, apply, fallen) -> dict:
+    """Runs one collection episode on any body (the loop shared by the rat and the robots).
+
+    Each control step takes the policy's action on the next k targets (or `pd(step, q, v)`
+    without a policy), adds correlated noise (`noise_gain` x a per-episode level drawn up to
+    cfg['action_noise_rad'], correlation cfg['action_noise_corr']), clips it to [-1, 1] and
+    `apply`s it; the episode ends early when MuJoCo flags bad accelerations, the state is no
+    longer finite, or `fallen()`.
+
+    Returns:
+        {'qpos': (T+1, nq), 'qvel': (T+1, nv), 'ctrl': (T, nu)}: the states and the actions.
+    """
+    noise_std = rng.uniform(0.0, cfg['action_noise_rad'])
+    rho = cfg['action_noise_corr']
+    noise = noise_std * rng.standard_normal(body.nu)
+    states_q, states_v, ctrls = [body.data.qpos.copy()], [body.data.qvel.copy()], []
+    for step in range(n_steps):
+        q, v = body.data.qpos, body.data.qvel
+        if policy is not None:
+            obs = observation_from_state(q, v, target[step + 1:step + 1 + k], joint_idx)
+            ctrl = policy(obs[None, :].astype(np.float64))[0]
+        else:
+            ctrl = pd(step, q, v)
+        ctrl = np.clip(ctrl + noise_gain * noise, -1.0, 1.0)
+        noise = rho * noise + np.sqrt(1.0 - rho ** 2) * noise_std * rng.standard_normal(body.nu)
+        apply(ctrl)
+        if (body.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > 0
+                or not np.all(np.isfinite(body.data.qpos))
+                or not np.all(np.isfinite(body.data.qvel))):
+            break
+        states_q.append(body.data.qpos.copy())
+        states_v.append(body.data.qvel.copy())
+        ctrls.append(ctrl)
+        if fallen():
+            break
+    return {'qpos': np.array(states_q), 'qvel': np.array(states_v),
+            'ctrl': np.array(ctrls).reshape(-1, body.nu)}
+
+
 def _episode_plan(rng: np.random.Generator, cfg: dict, clips: list[Clip], dt: float, k: int,
                   lo: np.ndarray, hi: np.ndarray) -> tuple:
     """Draws one episode's targets and start state (the same draws for every body).
@@ -583,35 +623,21 @@ class _EpisodeGenerator:
         kp = wn ** 2 * self.inertia_over_f
         kd = 2.0 * cfg['pd_zeta'] * wn * self.inertia_over_f
         noise_gain = _NOISE_WN_RAD_S ** 2 * self.inertia_over_f
-        noise_std = rng.uniform(0.0, cfg['action_noise_rad'])
-        rho = cfg['action_noise_corr']
-        noise = noise_std * rng.standard_normal(body.nu)
+        matrix = self.kin.matrix
 
-        states_q, states_v, ctrls = [body.data.qpos.copy()], [body.data.qvel.copy()], []
-        for step in range(n_steps):
-            q, v = body.data.qpos, body.data.qvel
-            if self.policy is not None:
-                obs = observation_from_state(q, v, target[step + 1:step + 1 + k],
-                                             body.tracked_hinge_idx)
-                ctrl = self.policy(obs[None, :].astype(np.float64))[0]
-            else:
-                ctrl = (kp * (self.kin.matrix @ (target[step + 1, 7:] - q[7:]))
-                        + kd * (self.kin.matrix @ (target_vel[step + 1] - v[6:])))
-            ctrl = np.clip(ctrl + noise_gain * noise, -1.0, 1.0)
-            noise = rho * noise + np.sqrt(1.0 - rho ** 2) * noise_std * rng.standard_normal(
-                body.nu)
+        def pd(step, q, v):
+            return (kp * (matrix @ (target[step + 1, 7:] - q[7:]))
+                    + kd * (matrix @ (target_vel[step + 1] - v[6:])))
+
+        def apply(ctrl):
             body.data.ctrl[:] = ctrl
             body.step(self.n_sub)
-            if (body.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > 0
-                    or not body.state_is_finite()):
-                break
-            states_q.append(body.data.qpos.copy())
-            states_v.append(body.data.qvel.copy())
-            ctrls.append(ctrl)
-            if body.data.xpos[body.torso_id, 2] < _FALLEN_TORSO_Z_M:
-                break
-        return {'qpos': np.array(states_q), 'qvel': np.array(states_v),
-                'ctrl': np.array(ctrls).reshape(-1, body.nu)}
+
+        def fallen():
+            return body.data.xpos[body.torso_id, 2] < _FALLEN_TORSO_Z_M
+
+        return _collect(body, rng, cfg, target, n_steps, k, body.tracked_hinge_idx,
+                        self.policy, pd, noise_gain, apply, fallen)
 
 
 class RobotActions:
@@ -718,35 +744,20 @@ class _RobotEpisodeGenerator:
             rng, cfg, self.clips, self.dt, k, self.lo, self.hi)
         body.reset(qpos, qvel)
 
-        noise_std = rng.uniform(0.0, cfg['action_noise_rad'])
-        rho = cfg['action_noise_corr']
-        noise = noise_std * rng.standard_normal(body.nu)
-        states_q, states_v, ctrls = [body.data.qpos.copy()], [body.data.qvel.copy()], []
-        for step in range(n_steps):
-            q, v = body.data.qpos, body.data.qvel
-            if self.policy is not None:
-                obs = observation_from_state(q, v, target[step + 1:step + 1 + k],
-                                             self.joint_idx)
-                action = self.policy(obs[None, :].astype(np.float64))[0]
-            else:
-                action = acts.pd_action(target[step + 1], target_vel[step + 1], q, v)
-            action = np.clip(action + acts.per_rad * noise, -1.0, 1.0)
-            noise = rho * noise + np.sqrt(1.0 - rho ** 2) * noise_std * rng.standard_normal(
-                body.nu)
+        def pd(step, q, v):
+            return acts.pd_action(target[step + 1], target_vel[step + 1], q, v)
+
+        def apply(action):
             body.set_command(acts.command(action))
             body.step(self.n_sub)
-            if (body.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > 0
-                    or not np.all(np.isfinite(body.data.qpos))):
-                break
-            states_q.append(body.data.qpos.copy())
-            states_v.append(body.data.qvel.copy())
-            ctrls.append(action)
+
+        def fallen():
             torso = body.data.xpos[body.torso_id, 2]
             upright = body.data.xmat[body.torso_id][8]
-            if not self.z_range[0] <= torso <= self.z_range[1] or upright < 0.0:
-                break
-        return {'qpos': np.array(states_q), 'qvel': np.array(states_v),
-                'ctrl': np.array(ctrls).reshape(-1, body.nu)}
+            return not self.z_range[0] <= torso <= self.z_range[1] or upright < 0.0
+
+        return _collect(body, rng, cfg, target, n_steps, k, self.joint_idx, self.policy, pd,
+                        acts.per_rad, apply, fallen)
 
 
 _WORKER_GENERATOR = None

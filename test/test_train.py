@@ -345,11 +345,20 @@ def test_robot_config_is_checked_and_needs_clips(tmp_path, capsys):
     with pytest.raises(ValueError, match="'robot'"):
         validate_config(config)
     from vrat_ros import cli
+    from vrat_ros.robots import robot_path
+    # A robot of the user's, by path, without clips of its own: named before any work.
+    text = pathlib.Path(robot_path('quadruped')).read_text()
+    assert 'name: quadruped' in text
+    mine = tmp_path / 'my_quadruped.yaml'
+    mine.write_text(text.replace('name: quadruped', 'name: my_quadruped'))
+    rc = cli.main(['train', '--robot', str(mine), '--small', '--out', str(tmp_path / 'out')])
+    assert rc == 1
+    assert "robot 'my_quadruped' has no shipped training clips" in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
     rc = cli.main(['train', '--robot', str(tmp_path / 'nothing.yaml'), '--small',
                    '--out', str(tmp_path / 'out')])
     assert rc == 1
-    assert 'no shipped training clips' in capsys.readouterr().err
-    assert not (tmp_path / 'out').exists()
+    assert 'is neither a robot file nor a known robot name' in capsys.readouterr().err
 
 
 def test_robot_training_is_deterministic(tmp_path):

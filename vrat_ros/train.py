@@ -38,7 +38,9 @@ Measured on this project's 2-core machine (shared with other jobs), held-out num
     fraction of the shipped policy 0.13 -> 0.26, PD 0.30): the default config with the three
     re-fitted training clips added, seed 0: 258 s; held-out 0.31, 33.4 mm; default clip 0.94
     (fails at 18.7 s on torso height). Not shipped: it loses the end of the default clip for
-    a held-out gain within the spread between checkpoints.
+    a held-out gain within the spread between checkpoints. With the DANNCE clip listed twice
+    (half the episodes on it): 365 s; held-out 0.27; default clip 1.00 but 15.7 mm (shipped:
+    13.5 mm). Not shipped either.
 
 Robots (`--robot`, vrat_ros.robots): the same steps on a robot's shipped training clips, with
 the robot's own command interface (`RobotActions`: a position robot's actions are targets about

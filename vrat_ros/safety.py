@@ -257,7 +257,38 @@ def limits_from_contract(contract: dict, torque_limits_nm: Sequence[float] = (),
                         soft_start_s=float(soft_start_s), damping=torque * damping_gain_s)
 
 
-class SafetyFilter:
+class _Latching:
+    """What the torque and the position filters share: refusals and the latching e-stop.
+
+    Subclasses set `estopped`, `rejected`, `last_problem`, `_delay`, `_activation_ns` and
+    `_resuming` in their __init__.
+    """
+
+    def _refuse(self, problem: str) -> None:
+        self.rejected += 1
+        self.last_problem = problem
+        return None
+
+    def estop(self) -> None:
+        """Latches the e-stop: every command becomes the safe output until `reset`."""
+        self.estopped = True
+        self._activation_ns = None
+        self._resuming = True
+
+    def reset(self) -> bool:
+        """Releases the e-stop; the delay refills, the ramp restarts from the safe output.
+
+        Returns:
+            True if the e-stop was latched.
+        """
+        was = self.estopped
+        self.estopped = False
+        if was:
+            self._delay.clear()
+        return was
+
+
+class SafetyFilter(_Latching):
     """Checks and shapes each command on its way from the policy to the body.
 
     Args:
@@ -366,11 +397,6 @@ class SafetyFilter:
             out = limited
         return out
 
-    def _refuse(self, problem: str) -> None:
-        self.rejected += 1
-        self.last_problem = problem
-        return None
-
     def stop(self, torque: npt.ArrayLike | None = None) -> None:
         """Marks a safe stop after a timeout: the delay refills, the output ramps up from `torque`.
 
@@ -382,24 +408,6 @@ class SafetyFilter:
         self._delay.clear()
         self._last_output = (np.zeros(self.nu) if torque is None
                              else np.asarray(torque, dtype=np.float64).copy())
-
-    def estop(self) -> None:
-        """Latches the e-stop: every command becomes the safe output until `reset`."""
-        self.estopped = True
-        self._activation_ns = None
-        self._resuming = True
-
-    def reset(self) -> bool:
-        """Releases the e-stop; the delay refills, the ramp restarts from the safe output.
-
-        Returns:
-            True if the e-stop was latched.
-        """
-        was = self.estopped
-        self.estopped = False
-        if was:
-            self._delay.clear()
-        return was
 
 
 # Position commands.
@@ -548,7 +556,7 @@ def position_limits_from_contract(contract: dict, lower: npt.ArrayLike, upper: n
                           soft_start_s=float(soft_start_s))
 
 
-class PositionFilter:
+class PositionFilter(_Latching):
     """Checks and shapes each joint-target command on its way from the policy to the body.
 
     The node feeds it the measured joint positions (`observe`, from joint_states, in actuator
@@ -707,11 +715,6 @@ class PositionFilter:
         self.rate_limited += limited
         return out
 
-    def _refuse(self, problem: str) -> None:
-        self.rejected += 1
-        self.last_problem = problem
-        return None
-
     def stop(self, position: npt.ArrayLike | None = None) -> None:
         """Marks a safe stop after a timeout: hold a pose; the output ramps up again after it.
 
@@ -734,9 +737,7 @@ class PositionFilter:
         """Latches the e-stop: every command becomes the pose measured now, until `reset`."""
         if not (self.estopped or self._stopped) or self._hold is None:
             self._hold = self._pose_now()
-        self.estopped = True
-        self._activation_ns = None
-        self._resuming = True
+        super().estop()
 
     def reset(self) -> bool:
         """Releases the e-stop; the delay refills, the ramp restarts from the measured pose.
@@ -744,10 +745,7 @@ class PositionFilter:
         Returns:
             True if the e-stop was latched.
         """
-        was = self.estopped
-        self.estopped = False
-        if was:
-            self._delay.clear()
-            if not self._stopped:
-                self._hold = None  # a new e-stop holds the pose of its own moment
+        was = super().reset()
+        if was and not self._stopped:
+            self._hold = None  # a new e-stop holds the pose of its own moment
         return was

@@ -242,6 +242,9 @@ def test_train_refuses_to_overwrite_a_run_without_resume(tmp_path, monkeypatch, 
     assert 'already holds a training run; give --resume' in capsys.readouterr().err
     assert (out / 'checkpoint.pt').read_bytes() == b'earlier run' and seen == []
     assert main(['train', '--small', '--resume', '--out', str(out)]) == 0
+    assert 'starting a new run' not in capsys.readouterr().err
+    assert main(['train', '--small', '--resume', '--out', str(tmp_path / 'fresh')]) == 0
+    assert "no checkpoint in '" in capsys.readouterr().err
 
 
 def test_train_refuses_eval_starts_beyond_every_clip(tmp_path):

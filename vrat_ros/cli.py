@@ -274,9 +274,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          'policies on them); train on others, or give --allow-held-out')
     if args.workers is not None and args.workers < 1:
         raise ValueError(f'--workers should be at least 1: got {args.workers}')
-    if (not args.resume and os.path.isfile(os.path.join(args.out, 'checkpoint.pt'))):
+    has_run = os.path.isfile(os.path.join(args.out, 'checkpoint.pt'))
+    if not args.resume and has_run:
         raise ValueError(f"'{args.out}' already holds a training run; give --resume to go on "
                          'with it, or another --out')
+    if args.resume and not has_run:
+        print(f"vrat train: no checkpoint in '{args.out}' to resume; starting a new run",
+              file=sys.stderr)
     summary = train(config, args.out, resume=args.resume, progress=not args.no_progress,
                     export=not args.no_export, workers=args.workers,
                     ray_address=args.ray_address)

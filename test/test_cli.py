@@ -275,3 +275,13 @@ def test_shipped_robot_clips_are_listed_and_resolve_by_name():
     path = resources.resolve_clip_path('quadruped_eval_2010_2310')
     assert path.endswith('clips/quadruped/quadruped_eval_2010_2310.npz')
     assert names['quadruped_eval_2010_2310']['frames'] == 704
+
+
+def test_export_and_train_name_a_missing_checkpoint_or_a_file_as_out(tmp_path, capsys):
+    assert main(['export', str(tmp_path / 'none.pt'), '--out', str(tmp_path / 'p.onnx')]) == 1
+    assert "checkpoint '" in capsys.readouterr().err
+    pytest.importorskip('torch')
+    not_a_folder = tmp_path / 'checkpoint.pt'
+    not_a_folder.write_text('x')
+    assert main(['train', '--small', '--out', str(not_a_folder)]) == 1
+    assert 'is a file; give a folder for the run' in capsys.readouterr().err

@@ -274,6 +274,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          'policies on them); train on others, or give --allow-held-out')
     if args.workers is not None and args.workers < 1:
         raise ValueError(f'--workers should be at least 1: got {args.workers}')
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out '{args.out}' is a file; give a folder for the run")
     has_run = os.path.isfile(os.path.join(args.out, 'checkpoint.pt'))
     if not args.resume and has_run:
         raise ValueError(f"'{args.out}' already holds a training run; give --resume to go on "
@@ -345,6 +347,9 @@ def _merge(base: dict, update: dict, prefix: str = '') -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from vrat_ros.export import export_onnx
+    if not os.path.isfile(args.checkpoint):
+        raise ValueError(f"checkpoint '{args.checkpoint}' does not exist; give the "
+                         'checkpoint.pt that vrat train wrote')
     _check_output_path(args.out)
     contract = export_onnx(args.checkpoint, args.out, which=args.which)
     print(f"wrote {args.out}: {len(contract['joint_names'])} joints, "

@@ -758,6 +758,9 @@ def _import_keypoints(
                             f'{len(xyz)} frames')
         xyz = xyz[start:stop]
     if len(xyz) < 2:
+        if frames is not None:
+            raise ClipError(f"frames {frames[0]}:{frames[1]} of '{path}' give {len(xyz)} "
+                            'frame; a clip needs at least 2')
         raise ClipError(f"'{path}' holds {len(xyz)} frame(s); a clip needs at least 2")
     options = kf.FitOptions() if options is None else options
     source.warnings.extend(check_keypoint_names(xyz, source.names, given_set, path,

@@ -1111,6 +1111,16 @@ def robot_policy_interface(robot, frames: int = rc.REFERENCE_WINDOW_FRAMES) -> d
     return interface
 
 
+def _first_sentence(text: str, limit: int = 160) -> str:
+    """The first line of an error text, cut after its first sentence and at `limit`."""
+    line = text.strip().splitlines()[0] if text.strip() else ''
+    line = line.strip(' \'"')
+    end = line.find('. ')
+    if end > 0:
+        line = line[:end + 1]
+    return line if len(line) <= limit else line[:limit - 3] + '...'
+
+
 def load_checkpoint(path: str, which: str = 'best'):
     """Loads a training checkpoint.
 
@@ -1134,7 +1144,7 @@ def load_checkpoint(path: str, which: str = 'best'):
     except Exception as exc:  # torch raises many types for foreign or damaged files
         raise ValueError(
             f"'{path}' is not a vrat training checkpoint (checkpoint.pt written by vrat train): "
-            f'{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}') from None
+            f'{type(exc).__name__}: {_first_sentence(str(exc)) or repr(exc)}') from None
     model = make_model(int(interface['observation']['size']),
                        len(interface['actuator_names']), ckpt['config']['model'])
     state = ckpt['model']

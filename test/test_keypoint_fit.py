@@ -503,3 +503,21 @@ def test_cli_import_support_weight_reaches_the_fit(tmp_path):
     assert parser.parse_args(['import', 'x.mat']).support_weight == 0.0
     with pytest.raises(SystemExit):
         parser.parse_args(['import', 'x.mat', '--support-weight', '-1'])
+
+
+@needs_rat_data
+def test_import_report_counts_the_frames_where_support_acted(tmp_path):
+    """No paw marker in Rat7M: support acts in every fitted frame; DANNCE sees every paw."""
+    from vrat_ros import importers
+    if not RAT7M_MAT.is_file():
+        pytest.skip(f'{RAT7M_MAT} not found')
+    options = kf.FitOptions(support_weight=3.0)
+    _, report = importers.import_clip(str(RAT7M_MAT), out=str(tmp_path / 'walk.npz'),
+                                      frames=(2230, 2234), options=options)
+    assert report['support_frames'] == 4
+    _, report = importers.import_clip(str(MOCAP_MAT), out=str(tmp_path / 'dannce.npz'),
+                                      frames=(0, 4), options=options)
+    assert report['support_frames'] == 0
+    _, report = importers.import_clip(str(RAT7M_MAT), out=str(tmp_path / 'off.npz'),
+                                      frames=(2230, 2234))
+    assert 'support_frames' not in report

@@ -142,6 +142,11 @@ def _summary(report: dict) -> str:
                      f"{report['residual_mm_p95']:.2f} mm; failed frames "
                      f"{len(report['failed_frames'])} of {report['frames']}; fit "
                      f"{report['fit_seconds']:.1f} s")
+        if 'support_frames' in report:
+            n = report['support_frames']
+            lines.append(f"  support terms acted in {n} of {report['frames']} frames" + (
+                ' (no effect: every paw has a marker, or no unobserved paw could reach the '
+                'floor)' if n == 0 else ''))
     return '\n'.join(lines)
 
 

@@ -826,6 +826,8 @@ def _import_keypoints(
         'keypoints_rejected_frames': dict(fitter.rejected),
         'warnings': list(source.warnings),
     }
+    if options.support_weight > 0:  # how often the support terms acted (0: no effect)
+        report['support_frames'] = int(fitter.support_frames)
     if abs(factor - 1.0) > 1e-9 and finite.size:  # the same fit in the recording's own mm
         report['residual_mm_mean_recording'] = float(finite.mean() / factor)
         report['residual_mm_p95_recording'] = float(np.percentile(finite, 95) / factor)

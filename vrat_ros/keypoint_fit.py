@@ -885,6 +885,18 @@ class KeypointFitter:
             balance = _nearest_on_support(self.data.subtree_com[1, :2], points[:, :2])
         return points, bodies, pulled, balance
 
+    def _support_acts(self, valid: np.ndarray) -> bool:
+        """Whether the support terms pull a paw in this frame, at the last computed pose.
+
+        That is, some paw has no present marker and its limb can reach the floor (see
+        `_support`); where every paw is observed, `support_weight` changes nothing.
+        """
+        for paw in self.paws:
+            observed = bool(paw.markers.size) and bool(np.any(valid[paw.markers]))
+            if not observed and self.data.xpos[paw.limb_root, 2] <= paw.reach:
+                return True
+        return False
+
     def _velocity_diff(self, qpos_from: np.ndarray, qpos_to: np.ndarray) -> np.ndarray:
         """Returns qpos_to - qpos_from in scaled free variables (mm, rad)."""
         mujoco.mj_differentiatePos(self.model, self._diff, 1.0, qpos_from, qpos_to)
@@ -1127,6 +1139,7 @@ class KeypointFitter:
             raise ValueError(f'keypoints should have shape (T, {len(self.keypoint_names)}, 3): '
                              f'got {xyz.shape}')
         xyz, self.rejected = reject_mislabelled(xyz, self.keypoint_names, self.marker_set)
+        self.support_frames = 0  # frames where a support term acted (support_weight > 0)
         n_frames = xyz.shape[0]
         opt = self.options
         qpos_all = np.zeros((n_frames, self.model.nq))
@@ -1171,6 +1184,8 @@ class KeypointFitter:
                 tick(t + 1)
                 continue
             dist = np.linalg.norm(self.marker_positions(qpos) - target, axis=1) * 1e3
+            if self.support_sqrt_w > 0.0 and self._support_acts(valid):
+                self.support_frames += 1
             residual[t, self.used[valid]] = dist[valid]
             qpos_all[t] = qpos
             seen[t] = valid

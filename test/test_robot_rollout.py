@@ -431,3 +431,23 @@ def test_run_of_the_rat_refuses_a_quadruped_clip_naming_the_robot(capsys):
     err = capsys.readouterr().err.strip()
     assert err.endswith("not for 'rat' (give --robot quadruped)")
     assert len(err.splitlines()) == 1
+
+
+def test_training_actions_of_an_effort_robot_use_its_pd_gains(tmp_path):
+    """train.RobotActions on the effort toy: torques = gain x action, PD from the file."""
+    from vrat_ros.train import RobotActions
+    robot = Robot(write_toy(tmp_path))  # effort, pd {kp: 20, kd: 0.5}
+    actions = RobotActions(robot)
+    assert actions.offset is None
+    np.testing.assert_allclose(actions.kp, 20.0)
+    np.testing.assert_allclose(actions.kd, 0.5)
+    np.testing.assert_allclose(actions.per_rad, 20.0 / robot.actuator_gain)
+    ref = robot.data.qpos.copy()
+    ref[actions.qpos_idx] += 0.1
+    action = actions.pd_action(ref, np.zeros(robot.model.nv - 6), robot.data.qpos,
+                               robot.data.qvel)
+    np.testing.assert_allclose(actions.command(action), 20.0 * 0.1)
+    without = Robot(write_toy(tmp_path, TOY_YAML.replace('pd: {kp: 20.0, kd: 0.5}\n', '')))
+    from vrat_ros.errors import VratError
+    with pytest.raises(VratError, match="has no PD gains"):
+        RobotActions(without)

@@ -656,17 +656,14 @@ class RobotActions:
     """
 
     def __init__(self, robot):
-        from vrat_ros.robots import _per_joint
-        m, spec = robot.model, robot.spec
-        self.interface = spec.command_interface
-        jids = m.actuator_trnid[:, 0]
-        self.qpos_idx = m.jnt_qposadr[jids].copy()
-        self.dof_idx = m.jnt_dofadr[jids].copy()
+        m = robot.model
+        self.interface = robot.spec.command_interface
+        self.qpos_idx = robot.actuator_qposadr.copy()
+        self.dof_idx = robot.actuator_dofadr.copy()
         self.hinge_idx = self.qpos_idx - 7
-        names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, int(j)) for j in jids]
         if self.interface == 'position':
-            stand = robot.stand_qpos()
-            self.offset = stand[self.qpos_idx].copy()
+            self.offset = robot.stand_targets()
+            jids = m.actuator_trnid[:, 0]
             lo, hi = m.jnt_range[jids, 0], m.jnt_range[jids, 1]
             limited = m.jnt_limited[jids].astype(bool)
             self.scale = np.where(limited, np.maximum(hi - self.offset, self.offset - lo),
@@ -674,14 +671,11 @@ class RobotActions:
             self.per_rad = 1.0 / self.scale
             self.kp = self.kd = None
         else:
-            if spec.kp is None or spec.kd is None:
-                raise VratError(f"robot '{spec.name}' takes torques and its file gives no pd "
-                                'gains (pd: {kp, kd}); training needs them for the PD that '
-                                'collects the first data')
+            # Training needs the file's PD gains for the PD that collects the first data;
+            # pd_gains names what is missing.
             self.offset = None
             self.scale = np.asarray(robot.actuator_gain, dtype=np.float64)
-            self.kp = np.array([_per_joint(spec.kp, n, spec.path, 'pd.kp') for n in names])
-            self.kd = np.array([_per_joint(spec.kd, n, spec.path, 'pd.kd') for n in names])
+            self.kp, self.kd = robot.pd_gains()
             self.per_rad = self.kp / self.scale
 
     def command(self, action: np.ndarray) -> np.ndarray:

@@ -64,6 +64,18 @@ def test_quadruped_from_dm_control_package():
     assert fallen < 0.25
 
 
+def test_quadruped_motors_apply_torque_without_delay():
+    # The suite's default class filters each actuator's command over 0.1 s; our motors must
+    # not inherit it: a PD torque computed at a physics step acts at that step.
+    robot = Robot('quadruped')
+    assert robot.model.na == 0
+    assert np.all(robot.model.actuator_dyntype == mujoco.mjtDyn.mjDYN_NONE)
+    robot.reset(robot.stand_qpos())
+    robot.data.ctrl[:] = 0.5
+    mujoco.mj_forward(robot.model, robot.data)
+    np.testing.assert_allclose(robot.data.actuator_force, 150.0)
+
+
 def _lift_one_foot(robot, sway=0.1, lift=0.12):
     """PD on a hand-made reference: the trunk sways away from the front left foot, which rises.
 

@@ -574,7 +574,10 @@ def _add_motors(spec: mujoco.MjSpec, robot: RobotSpec) -> None:
             name=joint, target=joint, trntype=mujoco.mjtTrn.mjTRN_JOINT,
             gaintype=mujoco.mjtGain.mjGAIN_FIXED, gainprm=[fmax] + [0.0] * 9,
             biastype=mujoco.mjtBias.mjBIAS_NONE, ctrllimited=True, ctrlrange=[-1.0, 1.0],
-            forcelimited=True, forcerange=[-fmax, fmax])
+            forcelimited=True, forcerange=[-fmax, fmax],
+            # Spelled out: a model's default class may give its actuators dynamics (the suite
+            # quadruped's filters each command over 0.1 s), which would delay every torque.
+            dyntype=mujoco.mjtDyn.mjDYN_NONE, dynprm=[0.0] * 10)
 
 
 def _per_joint(value: float | dict, joint: str, path: str, field: str) -> float:

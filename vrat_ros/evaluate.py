@@ -47,7 +47,8 @@ import numpy as np
 
 from vrat_ros.errors import VratError
 
-CONTROLLERS = ('policy', 'pd', 'zero')
+CONTROLLERS = ('policy', 'pd', 'zero', 'mpc')
+DEFAULT_CONTROLLERS = ('policy', 'pd', 'zero')  # 'mpc' is slow and for position robots only
 DEFAULT_STARTS = 5
 EVAL_BODIES = ('torso', 'skull', 'hand_L', 'hand_R', 'foot_L', 'foot_R')
 METRICS = ('tracked_fraction', 'joint_rmse_rad', 'body_pos_error_mm', 'root_pos_error_mm',
@@ -67,8 +68,10 @@ def make_controller(name: str, policy=None):
 
     Args:
         name: 'policy', 'pd' (the rat: inertia-scaled PD with the default gains; a robot: the
-            reference angles as targets, or its file's PD gains on torques) or 'zero' (no
-            torque; a position robot: the targets of its standing pose).
+            reference angles as targets, or its file's PD gains on torques), 'zero' (no
+            torque; a position robot: the targets of its standing pose) or 'mpc' (a
+            position robot: the sampling MPC that a robot policy learns from,
+            `vrat_ros.mpc`, with its default settings).
         policy: for 'policy', an ONNX path or a loaded `OnnxPolicy`.
 
     Raises:
@@ -85,6 +88,9 @@ def make_controller(name: str, policy=None):
         if policy is None:
             raise ValueError("controller 'policy' needs a policy file")
         return PolicyController(policy)
+    if name == 'mpc':
+        from vrat_ros.mpc import MPCController
+        return MPCController()
     raise ValueError(f"unknown controller '{name}'; known: {', '.join(CONTROLLERS)}")
 
 
@@ -307,6 +313,8 @@ def _robot_settings(body) -> dict:
                "kp (q_ref - q) + kd (qd_ref - qd) with the robot file's pd gains"),
         'zero': ("the standing pose as position targets (a policy's zero action)"
                  if position else 'no torque'),
+        'mpc': ('sampling model-predictive control on the simulation itself (vrat_ros.mpc, '
+                'default settings): the expert a position policy is trained to imitate'),
         'tracked_threshold': tracking_limits(body),
         'definitions': {
             'joint_rmse_rad': f'RMS angle error over all {len(body.joint_names)} joints',
@@ -368,6 +376,16 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
             make_controller('pd').reset(body, None, 0.0)
         except ControllerError as exc:
             raise EvalError(f"controller 'pd': {exc}") from None
+    if 'mpc' in controllers:
+        from vrat_ros.controllers import ControllerError
+        from vrat_ros.mpc import pd_rollout_model
+        if body is None:
+            raise EvalError("controller 'mpc' drives robots with the 'position' interface "
+                            '(e.g. --robot quadruped), not the rat')
+        try:
+            pd_rollout_model(body)
+        except ControllerError as exc:
+            raise EvalError(f"controller 'mpc': {exc}") from None
     policy_info = None
     if 'policy' in controllers:
         from vrat_ros.policy import read_contract
@@ -687,8 +705,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                    help='Clip names from vrat clips or .npz paths (default: the held-out '
                         "split, never used for training; for --robot, the robot file's "
                         'defaults.eval_clips).')
-    p.add_argument('--controller', nargs='+', choices=CONTROLLERS, default=list(CONTROLLERS),
-                   help='Controllers to evaluate (default: all three).')
+    p.add_argument('--controller', nargs='+', choices=CONTROLLERS,
+                   default=list(DEFAULT_CONTROLLERS),
+                   help="Controllers to evaluate (default: policy, pd and zero). 'mpc' (a "
+                        'position robot only) is the sampling MPC that its policy was trained '
+                        'to imitate, about 3 s of compute per simulated second on one core.')
     p.add_argument('--policy', help="ONNX policy; default: the shipped policy (for --robot, "
                                     "the robot file's defaults.policy).")
     p.add_argument('--starts', type=int, default=DEFAULT_STARTS,

@@ -551,7 +551,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                                   "file's defaults.clip).")
     p.add_argument('--policy', help='ONNX policy; default: the shipped one (for --robot, the '
                                     "robot file's defaults.policy).")
-    p.add_argument('--controller', choices=['policy', 'pd', 'zero', 'none'], default='policy',
+    p.add_argument('--controller', choices=['policy', 'pd', 'zero', 'mpc', 'none'],
+                   default='policy',
                    help='What drives the simulated body (default policy); none renders the '
                         'reference alone.')
     p.add_argument('--out', required=True,

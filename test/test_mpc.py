@@ -78,6 +78,8 @@ def test_plan_checks_the_reference_shape():
     ({'temperature': float('nan')}, 'temperature should be a number >= 0'),
     ({'weights': {'root_xy': 1.0}}, 'weights should give root_xy'),
     ({'horizon': 3}, 'unknown MPC settings'),
+    ({'iterations': 0}, 'iterations should be a positive integer'),
+    ({'warm_start': 'yes'}, 'warm_start should be true or false'),
 ])
 def test_bad_settings_are_named(values, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -90,3 +92,22 @@ def test_mpc_refuses_bodies_it_cannot_drive():
         MPCController().reset(RatBody(), clip, 0.0)
     with pytest.raises(EvalError, match="controller 'mpc' drives robots"):
         run_eval(['rat7m_walk_2010_2310'], ['mpc'], None)
+
+
+def test_without_warm_start_the_command_depends_on_state_and_reference_only():
+    # A policy learns from these commands, so nothing of earlier steps may enter them.
+    robot = Robot('quadruped')
+    clip = Clip.load(EVAL_CLIP).reorder_to(robot.hinge_names)
+    settings = MPCSettings(samples=4, horizon_steps=4, knots=2, iterations=2, warm_start=False)
+    ref = clip.states(0.02 * np.arange(1, 5))[0]
+    robot.reset(clip.sample(0.0))
+    used = SamplingMPC(robot, settings)
+    used.plan(clip.states(0.02 * np.arange(3, 7))[0] + 0.05)  # leaves a plan behind
+    assert np.any(used._plan != 0.0)
+    used._rng = np.random.default_rng(7)  # the same noise as `fresh`, the old plan kept
+    fresh = SamplingMPC(robot, settings)
+    fresh.reset(7)
+    np.testing.assert_array_equal(used.plan(ref), fresh.plan(ref))
+    warm = SamplingMPC(robot, MPCSettings(samples=4, horizon_steps=4, knots=2))
+    warm.plan(ref)
+    assert np.any(warm._plan != 0.0)  # the warm planner keeps its plan for the next step

@@ -6,7 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
+from vrat_ros.clip import Clip
 from vrat_ros.controllers import observation_from_state
+from vrat_ros.controllers import PolicyController
 from vrat_ros.policy import OnnxPolicy
 from vrat_ros.train import batch_observations
 from vrat_ros.train import default_config
@@ -371,6 +373,91 @@ def test_robot_training_is_deterministic(tmp_path):
     a, _ = _weights(tmp_path / 'a')
     b, _ = _weights(tmp_path / 'b')
     _assert_same_weights(a, b)
+
+
+def test_robot_expert_labels_every_step(tmp_path):
+    # A position robot's data are labelled by the sampling MPC: one example per step, the
+    # targets it was given as the window and its own action (before the collection noise)
+    # as the label; the applied action differs from the label by that noise.
+    from vrat_ros.train import _RobotEpisodeGenerator
+    from vrat_ros.train import expert_settings
+    from vrat_ros.train import generate_episodes
+    from vrat_ros.train import relabel
+    config = tiny_robot_config()
+    assert config['expert']['kind'] == 'mpc'
+    episodes = generate_episodes(config, 0, workers=1)
+    assert len(episodes) == 6
+    for ep in episodes:
+        n = len(ep['ctrl'])
+        k = config['relabel']['frames']
+        assert ep['label'].shape == (n, 12) and ep['window'].shape == (n, k, 23)
+        assert np.all(np.abs(ep['label']) <= 1.0)
+    noisy = np.concatenate([ep['ctrl'] - ep['label'] for ep in episodes])
+    assert 0.0 < np.abs(noisy).max() < 0.5
+    obs, act, eps = relabel(episodes, config, np.arange(16), 0)
+    assert len(obs) == sum(len(ep['ctrl']) for ep in episodes)
+    np.testing.assert_array_equal(
+        act, np.concatenate([ep['label'] for ep in episodes]).astype(np.float32))
+    gen = _RobotEpisodeGenerator('quadruped', [], 5, expert=expert_settings(config))
+    assert gen.mpc.settings.samples == config['expert']['mpc']['samples']
+
+
+def test_residual_model_with_a_silent_network_follows_the_reference():
+    # base(obs) must read each actuated joint's angle and its next reference error from the
+    # observation: with the network's output zeroed, the command is the next reference
+    # frame's joint angles, exactly what the 'pd' controller sends.
+    import torch
+    from vrat_ros.controllers import PDController
+    from vrat_ros.robots import Robot
+    from vrat_ros.train import make_model
+    from vrat_ros.train import residual_base
+    from vrat_ros.train import robot_policy_interface
+    from vrat_ros.train import TorchPolicy
+    robot = Robot('quadruped')
+    interface = robot_policy_interface(robot, frames=3)
+    model = make_model(interface['observation']['size'], robot.nu,
+                       {'hidden': [8], 'activation': 'elu', 'residual': True})
+    model.set_residual_base(*residual_base(robot, interface))
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    model.eval()
+    clip = Clip.load(robot_training_clip())
+    controller = PolicyController(TorchPolicy(model, interface))
+    pd = PDController()
+    for t in (0.0, 1.3):
+        robot.reset(clip.sample(t), clip.velocity(t))
+        controller.reset(robot, clip, t)
+        pd.reset(robot, clip, t)
+        np.testing.assert_allclose(controller.torques(robot, t), pd.torques(robot, t), atol=1e-5)
+
+
+def robot_training_clip():
+    from vrat_ros.train import robot_training_clips
+    return robot_training_clips('quadruped')[0]
+
+
+@pytest.mark.parametrize('robot, expert, message', [
+    ('rat', {'kind': 'mpc', 'mpc': {}}, "needs a robot with the 'position' interface"),
+    ('quadruped', {'kind': 'ilqr', 'mpc': {}}, "'expert' should be null or"),
+    ('quadruped', {'kind': 'mpc', 'mpc': {'samples': 0}}, "'expert.mpc': MPC setting samples"),
+    ('rat', None, "'model.residual' needs a robot with the 'position' interface"),
+])
+def test_expert_setting_is_checked(robot, expert, message):
+    from vrat_ros.train import validate_config
+    config = default_config(small=True, robot=robot)
+    config['expert'] = expert
+    config['model']['residual'] = expert is None or config['model']['residual']
+    with pytest.raises(ValueError, match=message):
+        validate_config(config)
+
+
+def test_configs_from_before_residual_models_still_validate():
+    from vrat_ros.train import validate_config
+    config = default_config(small=True)
+    del config['model']['residual']
+    del config['expert']
+    validate_config(config)
 
 
 def test_shipped_quadruped_policy_fits_the_robot():

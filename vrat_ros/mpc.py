@@ -57,6 +57,10 @@ class MPCSettings:
         noise_rad: standard deviation of the knot noise (rad of target).
         temperature: softness of the averaging, as a fraction of the mean cost above the
             best sample's (0 takes the best sample alone).
+        iterations: sampling rounds per control step, each about the plan of the last.
+        warm_start: start each control step from the last step's plan, shifted (True), or
+            from the plain reference (False: the command then depends on the state and the
+            reference alone, which a policy can learn; it needs more iterations).
         weights: cost weights (see the module docstring).
         threads: rollout threads.
     """
@@ -66,12 +70,14 @@ class MPCSettings:
     knots: int = 4
     noise_rad: float = 0.15
     temperature: float = 0.1
+    iterations: int = 1
+    warm_start: bool = True
     weights: tuple = (('root_xy', 10.0), ('root_z', 20.0), ('orientation', 30.0),
                       ('joints', 1.0))
     threads: int = 1
 
     def __post_init__(self):
-        for name in ('samples', 'horizon_steps', 'knots', 'threads'):
+        for name in ('samples', 'horizon_steps', 'knots', 'threads', 'iterations'):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f'MPC setting {name} should be a positive integer: got {value!r}')
@@ -80,6 +86,9 @@ class MPCSettings:
         if not 2 <= self.knots <= self.horizon_steps:
             raise ValueError(f'MPC setting knots should be in [2, horizon_steps='
                              f'{self.horizon_steps}]: got {self.knots}')
+        if not isinstance(self.warm_start, bool):
+            raise ValueError(f'MPC setting warm_start should be true or false: got '
+                             f'{self.warm_start!r}')
         for name in ('noise_rad', 'temperature'):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
@@ -183,9 +192,19 @@ class SamplingMPC:
                              f'{reference.shape}')
         mujoco.mj_getState(robot.model, robot.data, self._state, _STATE)
         base = reference[:, robot.actuator_qposadr]
+        plan = self._plan if s.warm_start else np.zeros_like(self._plan)
+        for _ in range(s.iterations):
+            plan = self._improve(plan, base, reference)
+        self._plan = np.vstack([plan[1:], plan[-1:]])
+        return base[0] + plan[0]
+
+    def _improve(self, plan: np.ndarray, base: np.ndarray, reference: np.ndarray
+                 ) -> np.ndarray:
+        """One sampling round about `plan` (offsets, (H, nu)); returns the averaged plan."""
+        s, robot = self.settings, self.robot
         noise = self._rng.standard_normal((s.samples, s.knots, robot.nu)) * s.noise_rad
-        offsets = self._plan[None] + np.einsum('hk,nku->nhu', self._basis, noise)
-        offsets[0] = self._plan
+        offsets = plan[None] + np.einsum('hk,nku->nhu', self._basis, noise)
+        offsets[0] = plan
         offsets[1] = 0.0
         controls = np.repeat(base[None] + offsets, robot.n_substeps, axis=1)
         states, _ = mj_rollout.rollout(self.model, self._datas, self._state[None], controls,
@@ -195,17 +214,13 @@ class SamplingMPC:
         cost = self.costs(qpos, reference)
         best = float(np.min(cost))
         if not np.isfinite(best):
-            chosen = np.zeros_like(self._plan)  # every plan blew up: fall back to the reference
-        elif s.temperature == 0.0:
-            chosen = offsets[int(np.argmin(cost))]
-        else:
-            finite = np.isfinite(cost)
-            spread = float(np.mean(cost[finite] - best)) * s.temperature + 1e-12
-            weight = np.where(finite, np.exp(-(np.where(finite, cost, best) - best) / spread),
-                              0.0)
-            chosen = np.einsum('n,nhu->hu', weight / weight.sum(), offsets)
-        self._plan = np.vstack([chosen[1:], chosen[-1:]])
-        return base[0] + chosen[0]
+            return np.zeros_like(plan)  # every plan blew up: fall back to the reference
+        if s.temperature == 0.0:
+            return offsets[int(np.argmin(cost))]
+        finite = np.isfinite(cost)
+        spread = float(np.mean(cost[finite] - best)) * s.temperature + 1e-12
+        weight = np.where(finite, np.exp(-(np.where(finite, cost, best) - best) / spread), 0.0)
+        return np.einsum('n,nhu->hu', weight / weight.sum(), offsets)
 
 
 class MPCController(Controller):

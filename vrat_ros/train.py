@@ -113,6 +113,8 @@ _CHUNK = 4
 MAX_EPISODE_STEPS = 100_000
 # Settings whose default is a number but that also accept None (see default_config).
 _NULLABLE = {'model.action_bound_quantile', 'train.ema_decay', 'eval.seconds'}
+# Settings added later, which older configuration files lack (their default then applies).
+_OPTIONAL = {'model.residual'}
 
 
 def default_config(small: bool = False, robot: str = 'rat') -> dict:
@@ -173,6 +175,9 @@ def default_config(small: bool = False, robot: str = 'rat') -> dict:
             # widened by `margin` times that range (None: only [-1, 1]).
             'action_bound_quantile': 0.0005,
             'action_bound_margin': 0.25,
+            # Position robots: learn the departure from the next reference frame's joint
+            # angles instead of the whole target (see make_model).
+            'residual': False,
         },
         'train': {
             'steps': 4000,                 # round-0 steps; each round adds rounds.steps
@@ -185,6 +190,10 @@ def default_config(small: bool = False, robot: str = 'rat') -> dict:
             'checkpoint_every': 1000,
             'log_every': 200,
         },
+        # A controller whose actions label the data instead of hindsight (None: hindsight
+        # relabelling only), e.g. {'kind': 'mpc', 'mpc': {...}} for a position robot: see
+        # `expert_settings`.
+        'expert': None,
         'eval': {
             'every': 1000,                 # closed-loop evaluation period (0: end of rounds)
             'starts_s': [0.0, 5.0, 10.0, 15.0],
@@ -236,11 +245,67 @@ def _robot_overrides(config: dict, robot: str, small: bool) -> None:
     config['train'].update({'steps': 4000, 'batch_size': 1024})
     config['eval'].update({'every': 1000, 'starts_s': [0.0, 4.0, 8.0, 12.0],
                            'seconds': 8.0})
+    if _takes_positions(robot):
+        # The sampling MPC labels every state (round 0: it drives, with action noise; later
+        # rounds: the policy drives and it labels, as in DAgger). Without a warm start its
+        # command depends on the state and the reference alone, as a policy's must (warm
+        # started, it tracks as well, but a policy imitating it then tracks no better than
+        # PD). Each label costs about 0.1 s of one core.
+        from vrat_ros.mpc import MPCSettings
+        expert = MPCSettings(samples=16, horizon_steps=12, knots=3, iterations=4,
+                             warm_start=False)
+        config['expert'] = {'kind': 'mpc', 'mpc': expert.as_dict()}
+        config['relabel']['frames'] = 10
+        config['model']['residual'] = True
+        config['data'].update({'n_episodes': 80, 'action_noise_rad': 0.1})
+        config['rounds'].update({'count': 2, 'n_episodes': 60, 'steps': 3000})
+        config['rounds']['data'] = {'target_noise_rad': 0.1, 'action_noise_rad': 0.05}
+        config['train'].update({'steps': 4000, 'batch_size': 512})
     if small:
         config['data'].update({'n_episodes': 16, 'episode_steps': 60})
         config['rounds'].update({'count': 1, 'n_episodes': 4, 'steps': 100})
         config['train'].update({'steps': 200, 'batch_size': 128})
         config['eval'].update({'every': 100, 'starts_s': [0.0], 'seconds': 1.0})
+        if config['expert'] is not None:
+            config['data'].update({'n_episodes': 8, 'episode_steps': 30})
+            config['expert']['mpc'].update({'samples': 4, 'horizon_steps': 4, 'knots': 2,
+                                            'iterations': 1})
+
+
+def _takes_positions(robot: str) -> bool:
+    """Whether a robot's file gives the 'position' command interface (False if unreadable)."""
+    from vrat_ros.robots import load_robot_spec
+    try:
+        return load_robot_spec(robot).command_interface == 'position'
+    except VratError:
+        return False
+
+
+def expert_settings(config: dict):
+    """The `vrat_ros.mpc.MPCSettings` of a configuration's expert, or None without one.
+
+    config['expert'] is None or {'kind': 'mpc', 'mpc': {MPCSettings fields}}; an expert
+    needs a robot with the 'position' interface.
+
+    Raises:
+        ValueError: a malformed expert section, or an expert for a body it cannot drive.
+    """
+    expert = config.get('expert')
+    if expert is None:
+        return None
+    if not isinstance(expert, dict) or expert.get('kind') != 'mpc' or set(expert) != {
+            'kind', 'mpc'} or not isinstance(expert['mpc'], dict):
+        raise ValueError("setting 'expert' should be null or {kind: mpc, mpc: {settings}}: "
+                         f'got {expert!r}')
+    from vrat_ros.mpc import MPCSettings
+    try:
+        settings = MPCSettings.from_dict(expert['mpc'])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"setting 'expert.mpc': {exc}") from None
+    if robot_of(config) == 'rat' or not _takes_positions(robot_of(config)):
+        raise ValueError("setting 'expert' (the sampling MPC) needs a robot with the "
+                         f"'position' interface; '{robot_of(config)}' has none")
+    return settings
 
 
 def _family(value) -> str:
@@ -289,7 +354,7 @@ def _check_section(prefix: str, section, template: dict, data_template: dict,
     for key in template:
         name = f'{prefix}.{key}' if prefix else key
         if key not in section:
-            if partial:
+            if partial or name in _OPTIONAL:
                 continue
             raise ValueError(f"setting '{name}' is missing")
         if name == 'rounds.data':  # overrides of any of data's settings
@@ -328,7 +393,16 @@ def validate_config(config: dict) -> None:
         raise ValueError(f"setting 'robot' should be 'rat' or a robot name: got {robot!r}")
     template = default_config()
     template['robot'] = robot
+    if not isinstance(config, dict):
+        raise ValueError(f'the configuration should be a mapping of settings: got {config!r}')
+    expert = config.get('expert')
+    config = {k: v for k, v in config.items() if k != 'expert'}
+    template.pop('expert')
     _check_section('', config, template, template['data'])
+    expert_settings({**config, 'expert': expert})
+    if config['model'].get('residual') and (robot == 'rat' or not _takes_positions(robot)):
+        raise ValueError("setting 'model.residual' needs a robot with the 'position' "
+                         f"interface; '{robot}' has none")
     _check_episode_settings(config['data'], 'data')
     if 'episode_steps' in config['rounds']['data']:
         _check_episode_settings(config['rounds']['data'], 'rounds.data')
@@ -482,12 +556,19 @@ def numpy_policy(state: dict, activation: str):
             'silu': lambda x: x / (1.0 + np.exp(-x))}
     act = acts[activation]
 
+    residual = float(np.asarray(state.get('residual_on', 0.0))) > 0.5
+
     def forward(obs: np.ndarray) -> np.ndarray:
         x = (obs - state['obs_mean']) / state['obs_std']
         for w, b in layers:
             x = act(x @ w.T + b)
         y = (x @ state['head.weight'].T + state['head.bias']) * state['act_std']
-        return np.clip(y + state['act_mean'], state['act_lo'], state['act_hi'])
+        y = y + state['act_mean']
+        if residual:
+            pos = state['base_pos_idx'].astype(np.int64)
+            err = state['base_err_idx'].astype(np.int64)
+            y = y + (obs[:, pos] + obs[:, err] - state['base_offset']) / state['base_scale']
+        return np.clip(y, state['act_lo'], state['act_hi'])
     return forward
 
 
@@ -517,29 +598,34 @@ def _smooth_noise(rng: np.random.Generator, n: int, width: int,
 
 
 def _collect(body, rng: np.random.Generator, cfg: dict, target: np.ndarray, n_steps: int,
-             k: int, joint_idx, policy, pd, noise_gain: np.ndarray, apply, fallen) -> dict:
+             k: int, joint_idx, policy, pd, noise_gain: np.ndarray, apply, fallen,
+             expert=None) -> dict:
     """Runs one collection episode on any body (the loop shared by the rat and the robots).
 
     Each control step takes the policy's action on the next k targets (or `pd(step, q, v)`
-    without a policy), adds correlated noise (`noise_gain` x a per-episode level drawn up to
+    without a policy; or, with an `expert(step)` and no policy, the expert's action), adds
+    correlated noise (`noise_gain` x a per-episode level drawn up to
     cfg['action_noise_rad'], correlation cfg['action_noise_corr']), clips it to [-1, 1] and
     `apply`s it; the episode ends early when MuJoCo flags bad accelerations, the state is no
-    longer finite, or `fallen()`.
+    longer finite, or `fallen()`. With an expert, its action at each state (before any noise)
+    is kept as that step's label, with the k targets it was asked for.
 
     Returns:
-        {'qpos': (T+1, nq), 'qvel': (T+1, nv), 'ctrl': (T, nu)}: the states and the actions.
+        {'qpos': (T+1, nq), 'qvel': (T+1, nv), 'ctrl': (T, nu)}: the states and the actions;
+        with an expert also 'label' (T, nu) and 'window' (T, k, nq).
     """
     noise_std = rng.uniform(0.0, cfg['action_noise_rad'])
     rho = cfg['action_noise_corr']
     noise = noise_std * rng.standard_normal(body.nu)
-    states_q, states_v, ctrls = [body.data.qpos.copy()], [body.data.qvel.copy()], []
+    states_q, states_v, ctrls, labels = [body.data.qpos.copy()], [body.data.qvel.copy()], [], []
     for step in range(n_steps):
         q, v = body.data.qpos, body.data.qvel
+        label = None if expert is None else expert(step)
         if policy is not None:
             obs = observation_from_state(q, v, target[step + 1:step + 1 + k], joint_idx)
             ctrl = policy(obs[None, :].astype(np.float64))[0]
         else:
-            ctrl = pd(step, q, v)
+            ctrl = pd(step, q, v) if label is None else label
         ctrl = np.clip(ctrl + noise_gain * noise, -1.0, 1.0)
         noise = rho * noise + np.sqrt(1.0 - rho ** 2) * noise_std * rng.standard_normal(body.nu)
         apply(ctrl)
@@ -550,14 +636,22 @@ def _collect(body, rng: np.random.Generator, cfg: dict, target: np.ndarray, n_st
         states_q.append(body.data.qpos.copy())
         states_v.append(body.data.qvel.copy())
         ctrls.append(ctrl)
+        if label is not None:
+            labels.append(label)
         if fallen():
             break
-    return {'qpos': np.array(states_q), 'qvel': np.array(states_v),
-            'ctrl': np.array(ctrls).reshape(-1, body.nu)}
+    episode = {'qpos': np.array(states_q), 'qvel': np.array(states_v),
+               'ctrl': np.array(ctrls).reshape(-1, body.nu)}
+    if expert is not None:
+        n = len(episode['ctrl'])
+        episode['label'] = np.array(labels[:n]).reshape(-1, body.nu)
+        episode['window'] = np.stack([target[t + 1:t + 1 + k] for t in range(n)]).reshape(
+            n, k, target.shape[1])
+    return episode
 
 
 def _episode_plan(rng: np.random.Generator, cfg: dict, clips: list[Clip], dt: float, k: int,
-                  lo: np.ndarray, hi: np.ndarray) -> tuple:
+                  lo: np.ndarray, hi: np.ndarray, lookahead: int | None = None) -> tuple:
     """Draws one episode's targets and start state (the same draws for every body).
 
     Target: time-warped playback of a random clip (speed_range, reverse_prob, a random start)
@@ -567,10 +661,11 @@ def _episode_plan(rng: np.random.Generator, cfg: dict, clips: list[Clip], dt: fl
     init_joint_noise_rad, its velocity scaled by the playback speed.
 
     Returns:
-        target (episode_steps + k + 1, nq), target joint velocities (same length, nq - 7),
-        start qpos (nq,) and qvel (nv,).
+        target (episode_steps + max(k, lookahead) + 1, nq), target joint velocities (same
+        length, nq - 7), start qpos (nq,) and qvel (nv,).
     """
     n_steps = int(cfg['episode_steps'])
+    k = max(k, lookahead or 0)  # an expert plans further ahead than the policy sees
     clip = clips[int(rng.integers(len(clips)))]
     speed = rng.uniform(*cfg['speed_range'])
     if rng.random() < cfg['reverse_prob']:
@@ -682,6 +777,11 @@ class RobotActions:
         command = np.asarray(action, dtype=np.float64) * self.scale
         return command if self.offset is None else command + self.offset
 
+    def action_of(self, command: np.ndarray) -> np.ndarray:
+        """The action (unclipped) whose `command` is `command`: the inverse of `command`."""
+        command = np.asarray(command, dtype=np.float64)
+        return (command if self.offset is None else command - self.offset) / self.scale
+
     def pd_action(self, ref_qpos: np.ndarray, ref_hinge_vel: np.ndarray, qpos: np.ndarray,
                   qvel: np.ndarray) -> np.ndarray:
         """The action that sends the robot's PD law towards `ref_qpos` (unclipped)."""
@@ -712,11 +812,13 @@ class _RobotEpisodeGenerator:
     The same episodes as the rat's (time-warped clip playback plus smooth joint offsets,
     correlated action noise), collected by the robot's own PD law (position targets at the
     reference, or PD torques with the file's gains) or by the policy, and stopped when the
-    torso leaves the file's healthy height range or turns over.
+    torso leaves the file's healthy height range or turns over. With an expert (`expert`:
+    `vrat_ros.mpc.MPCSettings`) the sampling MPC replaces the PD law in round 0 and labels
+    every state in all rounds.
     """
 
     def __init__(self, robot_name: str, clips: list[Clip], frames: int,
-                 policy_state: dict | None = None, activation: str = 'elu'):
+                 policy_state: dict | None = None, activation: str = 'elu', expert=None):
         from vrat_ros.robots import Robot
         self.body = Robot(robot_name)
         self.actions = RobotActions(self.body)
@@ -728,45 +830,66 @@ class _RobotEpisodeGenerator:
         self.joint_idx = np.arange(len(self.body.joint_names))
         self.z_range = self.body.spec.healthy_z_range
         self.policy = None if policy_state is None else numpy_policy(policy_state, activation)
+        self.mpc = None
+        if expert is not None:
+            from vrat_ros.mpc import SamplingMPC
+            self.mpc = SamplingMPC(self.body, expert)
 
     def run(self, rng: np.random.Generator, cfg: dict) -> dict:
         """Runs one episode; returns {'qpos': (T+1, nq), 'qvel': (T+1, nv), 'ctrl': (T, nu)}.
 
-        'ctrl' holds the actions (in [-1, 1]) that were applied.
+        'ctrl' holds the actions (in [-1, 1]) that were applied; with an expert, 'label' and
+        'window' hold its actions and the targets it was given (see `_collect`).
         """
         body, k, acts = self.body, self.frames, self.actions
         n_steps = int(cfg['episode_steps'])
+        horizon = None if self.mpc is None else self.mpc.settings.horizon_steps
         target, target_vel, qpos, qvel = _episode_plan(
-            rng, cfg, self.clips, self.dt, k, self.lo, self.hi)
+            rng, cfg, self.clips, self.dt, k, self.lo, self.hi, lookahead=horizon)
         body.reset(qpos, qvel)
+        expert = None
+        if self.mpc is not None:
+            self.mpc.reset(rng.integers(2 ** 63))
+
+            def expert(step):
+                command = self.mpc.plan(target[step + 1:step + 1 + horizon])
+                return np.clip(acts.action_of(command), -1.0, 1.0)
 
         def pd(step, q, v):
             return acts.pd_action(target[step + 1], target_vel[step + 1], q, v)
 
+        steps_done = [0]
+
         def apply(action):
             body.set_command(acts.command(action))
             body.step(self.n_sub)
+            steps_done[0] += 1
 
         def fallen():
             torso = body.data.xpos[body.torso_id, 2]
             upright = body.data.xmat[body.torso_id][8]
-            return not self.z_range[0] <= torso <= self.z_range[1] or upright < 0.0
+            if not self.z_range[0] <= torso <= self.z_range[1] or upright < 0.0:
+                return True
+            # An expert's labels far from its targets teach little: stop at twice the
+            # tracking limit of the root.
+            off = np.linalg.norm(body.data.qpos[:2] - target[steps_done[0], :2])
+            return self.mpc is not None and off > 2.0 * body.track_root_dist_m
 
         return _collect(body, rng, cfg, target, n_steps, k, self.joint_idx, self.policy, pd,
-                        acts.per_rad, apply, fallen)
+                        acts.per_rad, apply, fallen, expert)
 
 
 _WORKER_GENERATOR = None
 
 
 def _init_worker(clips: list[Clip], scale: float, frames: int, policy_state: dict | None,
-                 activation: str, robot: str = 'rat') -> None:
+                 activation: str, robot: str = 'rat', expert=None) -> None:
     global _WORKER_GENERATOR
     if robot == 'rat':
         _WORKER_GENERATOR = _EpisodeGenerator(clips, scale, frames, policy_state, activation)
     else:
         _WORKER_GENERATOR = _RobotEpisodeGenerator(robot, clips, frames, policy_state,
-                                                   activation)
+                                                   activation, expert)
 
 
 def _run_task(task: tuple) -> list[dict]:
@@ -804,7 +927,7 @@ def collection_job(config: dict, round_index: int = 0,
     hinge_names = make_body(config).hinge_names
     clips = [Clip.load(p).reorder_to(hinge_names) for p in config['clips']]
     init_args = (clips, scale, int(config['relabel']['frames']), policy_state,
-                 config['model']['activation'], robot_of(config))
+                 config['model']['activation'], robot_of(config), expert_settings(config))
     tasks = [(cfg, int(config['seed']), round_index,
               list(range(i, min(i + _CHUNK, n_episodes))))
              for i in range(0, n_episodes, _CHUNK)]
@@ -856,12 +979,17 @@ def generate_episodes(config: dict, round_index: int = 0, policy_state: dict | N
 def _save_episodes(path: str, episodes: list[dict], data_hash: str) -> None:
     lengths = np.array([len(e['ctrl']) for e in episodes])
 
+    extra = {}
+    if episodes and 'label' in episodes[0]:  # expert-labelled rounds
+        extra = {name: np.concatenate([e[name] for e in episodes])
+                 for name in ('label', 'window')}
+
     def write(tmp):
         with open(tmp, 'wb') as f:
             np.savez(f, lengths=lengths, data_hash=np.array(data_hash),
                      qpos=np.concatenate([e['qpos'] for e in episodes]),
                      qvel=np.concatenate([e['qvel'] for e in episodes]),
-                     ctrl=np.concatenate([e['ctrl'] for e in episodes]))
+                     ctrl=np.concatenate([e['ctrl'] for e in episodes]), **extra)
     atomic_write(path, write)
 
 
@@ -872,10 +1000,12 @@ def _load_episodes(path: str, data_hash: str) -> list[dict] | None:
         if str(z['data_hash']) != data_hash:
             return None
         lengths, qpos, qvel, ctrl = z['lengths'], z['qpos'], z['qvel'], z['ctrl']
+        extra = {name: z[name] for name in ('label', 'window') if name in z.files}
     episodes, s, a = [], 0, 0
     for n in lengths:
         episodes.append({'qpos': qpos[s:s + n + 1], 'qvel': qvel[s:s + n + 1],
-                         'ctrl': ctrl[a:a + n]})
+                         'ctrl': ctrl[a:a + n],
+                         **{name: value[a:a + n] for name, value in extra.items()}})
         s += n + 1
         a += n
     return episodes
@@ -906,7 +1036,9 @@ def relabel(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Turns episodes into (observation, action) examples by hindsight relabelling.
 
-    Two kinds of examples come out:
+    An episode with an expert's labels ('label', 'window': see `_collect`) gives one example
+    per step instead: the state, the targets the expert was given, its action. Otherwise
+    two kinds of examples come out:
       * hindsight: the state at step t, the states reached at t+1 .. t+K, the action taken;
       * offset: a hindsight window shifted by a constant root offset (horizontal position
         and heading, which leave the physics unchanged, so the label is kept) and a
@@ -933,6 +1065,14 @@ def relabel(
     obs, act, eps = [], [], []
     for e, ep in enumerate(episodes):
         q, v, a = ep['qpos'], ep['qvel'], ep['ctrl']
+        if 'label' in ep:  # an expert's episode: its actions on the targets it was given
+            n = len(ep['label'])
+            if n == 0:
+                continue
+            obs.append(batch_observations(q[:n], v[:n], ep['window'], joint_idx))
+            act.append(ep['label'].astype(np.float32))
+            eps.append(np.full(n, e, dtype=np.int32))
+            continue
         n = len(a) - k + 1  # steps t whose states t+1 .. t+k exist
         if n <= 0:
             continue
@@ -988,9 +1128,15 @@ def make_model(obs_size: int, act_size: int, model_cfg: dict):
     class InverseDynamicsMLP(torch.nn.Module):
         """MLP with its normalisers and action bounds stored as buffers.
 
-        action = clamp(act_mean + act_std * mlp((obs - obs_mean) / obs_std), act_lo, act_hi)
+        action = clamp(act_mean + act_std * mlp((obs - obs_mean) / obs_std) [+ base(obs)],
+                       act_lo, act_hi)
         where [act_lo, act_hi] (within [-1, 1]) is the range each actuator's training labels
-        used: the network never asks for more than the data showed. That matters most for
+        used: the network never asks for more than the data showed. With
+        model_cfg['residual'] (position robots), base(obs) is the action that commands the
+        next reference frame's joint angles (joint angle + its reference error, read from
+        the observation, minus the action offset, over the action scale), so the network
+        learns only the departure from following the reference: the part that keeps the
+        trunk on its path, which would otherwise be a small share of the label variance. That matters most for
         the 20 N m spine motors, whose labels stay within a few percent of their range.
         forward(obs) takes raw observations (B, obs_size) and returns the action
         (B, act_size) and the list of hidden activations.
@@ -1009,6 +1155,26 @@ def make_model(obs_size: int, act_size: int, model_cfg: dict):
             self.register_buffer('act_std', torch.ones(act_size))
             self.register_buffer('act_lo', -torch.ones(act_size))
             self.register_buffer('act_hi', torch.ones(act_size))
+            # base(obs) of a residual model (see `set_residual_base`); unused otherwise.
+            self.residual = bool(model_cfg.get('residual', False))
+            self.register_buffer('residual_on', torch.tensor(float(self.residual)))
+            self.register_buffer('base_pos_idx', torch.zeros(act_size, dtype=torch.long))
+            self.register_buffer('base_err_idx', torch.zeros(act_size, dtype=torch.long))
+            self.register_buffer('base_offset', torch.zeros(act_size))
+            self.register_buffer('base_scale', torch.ones(act_size))
+
+        def set_residual_base(self, pos_idx, err_idx, offset, scale):
+            """Sets base(obs) = (obs[pos_idx] + obs[err_idx] - offset) / scale."""
+            with torch.no_grad():
+                self.base_pos_idx.copy_(torch.as_tensor(np.asarray(pos_idx), dtype=torch.long))
+                self.base_err_idx.copy_(torch.as_tensor(np.asarray(err_idx), dtype=torch.long))
+                self.base_offset.copy_(torch.as_tensor(np.asarray(offset), dtype=torch.float32))
+                self.base_scale.copy_(torch.as_tensor(np.asarray(scale), dtype=torch.float32))
+
+        def base(self, obs):
+            """The action that commands the next reference frame's joint angles."""
+            return ((obs[:, self.base_pos_idx] + obs[:, self.base_err_idx] - self.base_offset)
+                    / self.base_scale)
 
         def forward_normalised(self, x):
             hiddens = []
@@ -1020,6 +1186,8 @@ def make_model(obs_size: int, act_size: int, model_cfg: dict):
         def forward(self, obs):
             y, hiddens = self.forward_normalised((obs - self.obs_mean) / self.obs_std)
             action = y * self.act_std + self.act_mean
+            if self.residual:
+                action = action + self.base(obs)
             action = torch.minimum(torch.maximum(action, self.act_lo), self.act_hi)
             return action, hiddens
 
@@ -1105,6 +1273,34 @@ def robot_policy_interface(robot, frames: int = rc.REFERENCE_WINDOW_FRAMES) -> d
     return interface
 
 
+def residual_base(robot, interface: dict) -> tuple:
+    """(pos_idx, err_idx, offset, scale) of a residual model's base(obs) on a position robot.
+
+    pos_idx and err_idx locate each actuated joint's angle and its first reference frame's
+    error in the observation; offset and scale are the action's (`RobotActions`).
+
+    Raises:
+        ValueError: the robot does not take positions, or an actuator drives no observed joint.
+    """
+    actions = RobotActions(robot)
+    if actions.offset is None:
+        raise ValueError("setting 'model.residual' needs a robot with the 'position' interface")
+    names = list(interface['joint_names'])
+    hinge_names = list(robot.joint_names)
+    try:
+        joints = [names.index(hinge_names[h]) for h in actions.hinge_idx]
+    except (ValueError, IndexError):
+        raise ValueError("setting 'model.residual' needs every actuator on an observed "
+                         'joint') from None
+    start, where = 0, {}
+    for segment in interface['observation']['layout']:
+        where[segment['name']] = start
+        start += segment['size']
+    joints = np.asarray(joints)
+    return (where['joint_pos_rad'] + joints, where['ref1_joint_pos_err_rad'] + joints,
+            actions.offset, actions.scale)
+
+
 def _first_sentence(text: str, limit: int = 160) -> str:
     """The first line of an error text, cut after its first sentence and at `limit`."""
     line = text.strip().splitlines()[0] if text.strip() else ''
@@ -1144,7 +1340,8 @@ def load_checkpoint(path: str, which: str = 'best'):
     state = ckpt['model']
     if which == 'best' and ckpt.get('best') is not None:
         state = ckpt['best']['model']
-    model.load_state_dict(state)
+    # Checkpoints from before residual models lack its buffers: the defaults stand.
+    model.load_state_dict({**model.state_dict(), **state})
     model.eval()
     return model, ckpt
 
@@ -1289,6 +1486,8 @@ def train(config: dict, out_dir: str, resume: bool = False, progress: bool = Tru
     t_start = time.perf_counter()
     config = copy.deepcopy(config)
     config.setdefault('robot', 'rat')  # configurations from before robots were trainable
+    config.setdefault('expert', None)  # and from before experts
+    config['model'].setdefault('residual', False)
     validate_config(config)
     for path in config['clips']:
         if not os.path.isfile(path):
@@ -1327,6 +1526,8 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
     resumed = None
     if resume and os.path.isfile(ckpt_path):
         resumed = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+        resumed['config'].setdefault('expert', None)
+        resumed['config']['model'].setdefault('residual', False)
         if _json_ready(resumed['config']) != _json_ready(config):
             diff = sorted(k for k in set(config) | set(resumed['config'])
                           if config.get(k) != resumed['config'].get(k))
@@ -1354,6 +1555,8 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
                  'activation': config['model']['activation']}
     if robot_of(config) != 'rat':  # the rat's data hashes stay as they were
         base_hash['robot'] = robot_of(config)
+    if config.get('expert') is not None:
+        base_hash['expert'] = config['expert']
     dataset = _Dataset()
     timings = {'data_s': 0.0, 'train_s': 0.0, 'eval_s': 0.0}
 
@@ -1392,6 +1595,12 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
         torch.manual_seed(seed)
         model = make_model(obs_train.shape[1], act_train.shape[1], config['model'])
         floor = float(config['model']['std_floor'])
+        label_train = act_train
+        if model.residual:
+            model.set_residual_base(*residual_base(body, interface))
+            with torch.no_grad():
+                base = model.base(torch.from_numpy(obs_train)).numpy()
+            label_train = act_train - base
         with torch.no_grad():
             # Normalisers and bounds come from round 0 and stay fixed afterwards.
             model.obs_mean.copy_(torch.from_numpy(
@@ -1399,9 +1608,9 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
             model.obs_std.copy_(torch.from_numpy(np.maximum(
                 obs_train.std(0, dtype=np.float64), floor).astype(np.float32)))
             model.act_mean.copy_(torch.from_numpy(
-                act_train.mean(0, dtype=np.float64).astype(np.float32)))
+                label_train.mean(0, dtype=np.float64).astype(np.float32)))
             model.act_std.copy_(torch.from_numpy(np.maximum(
-                act_train.std(0, dtype=np.float64), floor).astype(np.float32)))
+                label_train.std(0, dtype=np.float64), floor).astype(np.float32)))
             bound_q = config['model'].get('action_bound_quantile')
             if bound_q is not None:
                 lo = np.quantile(act_train, bound_q, axis=0)
@@ -1437,6 +1646,8 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
                 tensors[name] = torch.from_numpy(value)
 
         def normalised(x, y):
+            if model.residual:
+                y = y - model.base(x)
             return (x - model.obs_mean) / model.obs_std, (y - model.act_mean) / model.act_std
 
         def val_loss() -> float | None:

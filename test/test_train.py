@@ -375,6 +375,32 @@ def test_robot_training_is_deterministic(tmp_path):
     _assert_same_weights(a, b)
 
 
+def tiny_expert_config():
+    """`tiny_robot_config` with the shipped MPC-expert settings, the MPC made small."""
+    import json
+    from vrat_ros.cli import _merge
+    config = tiny_robot_config()
+    assert config['expert'] is None  # the expert is opt-in
+    with open(pathlib.Path(__file__).resolve().parents[1] / 'config' /
+              'train_mpc_expert.json') as f:
+        update = json.load(f)
+    for section in ('data', 'rounds', 'train'):
+        update.pop(section)
+    _merge(config, update)
+    config['expert']['mpc'].update({'samples': 4, 'horizon_steps': 4, 'knots': 2,
+                                    'iterations': 1})
+    return config
+
+
+def test_expert_training_exports_a_residual_policy(tmp_path):
+    config = tiny_expert_config()
+    summary = train(config, str(tmp_path / 'run'), progress=False)
+    assert summary['complete'] and summary['final_loss'] < summary['initial_loss']
+    policy = OnnxPolicy(summary['policy'])
+    assert policy.reference_frames == 10
+    assert policy.contract['training']['config']['model']['residual'] is True
+
+
 def test_robot_expert_labels_every_step(tmp_path):
     # A position robot's data are labelled by the sampling MPC: one example per step, the
     # targets it was given as the window and its own action (before the collection noise)
@@ -383,8 +409,7 @@ def test_robot_expert_labels_every_step(tmp_path):
     from vrat_ros.train import expert_settings
     from vrat_ros.train import generate_episodes
     from vrat_ros.train import relabel
-    config = tiny_robot_config()
-    assert config['expert']['kind'] == 'mpc'
+    config = tiny_expert_config()
     episodes = generate_episodes(config, 0, workers=1)
     assert len(episodes) == 6
     for ep in episodes:

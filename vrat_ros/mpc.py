@@ -61,6 +61,9 @@ class MPCSettings:
         warm_start: start each control step from the last step's plan, shifted (True), or
             from the plain reference (False: the command then depends on the state and the
             reference alone, which a policy can learn; it needs more iterations).
+        fixed_noise: draw the same sample noise at every control step (from the seed of
+            `reset`), so that without a warm start the command is a fixed function of the
+            state and the reference rather than a random draw about one.
         weights: cost weights (see the module docstring).
         threads: rollout threads.
     """
@@ -72,6 +75,7 @@ class MPCSettings:
     temperature: float = 0.1
     iterations: int = 1
     warm_start: bool = True
+    fixed_noise: bool = False
     weights: tuple = (('root_xy', 10.0), ('root_z', 20.0), ('orientation', 30.0),
                       ('joints', 1.0))
     threads: int = 1
@@ -86,9 +90,10 @@ class MPCSettings:
         if not 2 <= self.knots <= self.horizon_steps:
             raise ValueError(f'MPC setting knots should be in [2, horizon_steps='
                              f'{self.horizon_steps}]: got {self.knots}')
-        if not isinstance(self.warm_start, bool):
-            raise ValueError(f'MPC setting warm_start should be true or false: got '
-                             f'{self.warm_start!r}')
+        for name in ('warm_start', 'fixed_noise'):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f'MPC setting {name} should be true or false: got '
+                                 f'{getattr(self, name)!r}')
         for name in ('noise_rad', 'temperature'):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
@@ -164,6 +169,7 @@ class SamplingMPC:
 
     def reset(self, seed: int | npt.ArrayLike = 0) -> None:
         """Forgets the kept plan and restarts the noise from `seed`."""
+        self._seed = seed
         self._rng = np.random.default_rng(seed)
         self._plan = np.zeros((self.settings.horizon_steps, self.robot.nu))
 
@@ -193,6 +199,8 @@ class SamplingMPC:
         mujoco.mj_getState(robot.model, robot.data, self._state, _STATE)
         base = reference[:, robot.actuator_qposadr]
         plan = self._plan if s.warm_start else np.zeros_like(self._plan)
+        if s.fixed_noise:
+            self._rng = np.random.default_rng(self._seed)
         for _ in range(s.iterations):
             plan = self._improve(plan, base, reference)
         self._plan = np.vstack([plan[1:], plan[-1:]])

@@ -1133,8 +1133,9 @@ def make_model(obs_size: int, act_size: int, model_cfg: dict):
         next reference frame's joint angles (joint angle + its reference error, read from
         the observation, minus the action offset, over the action scale), so the network
         learns only the departure from following the reference: the part that keeps the
-        trunk on its path, which would otherwise be a small share of the label variance. That matters most for
-        the 20 N m spine motors, whose labels stay within a few percent of their range.
+        trunk on its path, which would otherwise be a small share of the label variance.
+        The label bounds matter most for the rat's 20 N m spine motors, whose labels stay
+        within a few percent of their range.
         forward(obs) takes raw observations (B, obs_size) and returns the action
         (B, act_size) and the list of hidden activations.
         """
@@ -1719,7 +1720,10 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
                     decay = min(ema_decay, (1.0 + step) / (10.0 + step))
                     with torch.no_grad():
                         for name, value in model.state_dict().items():
-                            ema[name].mul_(decay).add_(value, alpha=1.0 - decay)
+                            if value.is_floating_point():
+                                ema[name].mul_(decay).add_(value, alpha=1.0 - decay)
+                            else:  # index buffers (a residual model's base) stay as they are
+                                ema[name].copy_(value)
                 step += 1
                 running.append(float(loss.detach()))
                 if step % int(tcfg['log_every']) == 0 or step == phase[1]:

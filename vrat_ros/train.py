@@ -844,13 +844,12 @@ class _RobotEpisodeGenerator:
         target, target_vel, qpos, qvel = _episode_plan(
             rng, cfg, self.clips, self.dt, k, self.lo, self.hi, lookahead=horizon)
         body.reset(qpos, qvel)
-        expert = None
         if self.mpc is not None:
             self.mpc.reset(rng.integers(2 ** 63))
 
-            def expert(step):
-                command = self.mpc.plan(target[step + 1:step + 1 + horizon])
-                return np.clip(acts.action_of(command), -1.0, 1.0)
+        def expert_action(step):
+            command = self.mpc.plan(target[step + 1:step + 1 + horizon])
+            return np.clip(acts.action_of(command), -1.0, 1.0)
 
         def pd(step, q, v):
             return acts.pd_action(target[step + 1], target_vel[step + 1], q, v)
@@ -873,7 +872,8 @@ class _RobotEpisodeGenerator:
             return self.mpc is not None and off > 2.0 * body.track_root_dist_m
 
         return _collect(body, rng, cfg, target, n_steps, k, self.joint_idx, self.policy, pd,
-                        acts.per_rad, apply, fallen, expert)
+                        acts.per_rad, apply, fallen,
+                        None if self.mpc is None else expert_action)
 
 
 _WORKER_GENERATOR = None

@@ -75,6 +75,8 @@ def test_plan_checks_the_reference_shape():
     ({'samples': 2.5}, 'samples should be a positive integer'),
     ({'knots': 9, 'horizon_steps': 5}, r'knots should be in \[2, horizon_steps=5\]'),
     ({'noise_rad': -0.1}, 'noise_rad should be a number >= 0'),
+    ({'noise_rad': True}, 'noise_rad should be a number >= 0'),
+    ({'noise_rad': 1e308}, 'noise_rad should be at most pi'),
     ({'temperature': float('nan')}, 'temperature should be a number >= 0'),
     ({'weights': {'root_xy': 1.0}}, 'weights should give root_xy'),
     ({'horizon': 3}, 'unknown MPC settings'),
@@ -111,3 +113,24 @@ def test_without_warm_start_the_command_depends_on_state_and_reference_only():
     warm = SamplingMPC(robot, MPCSettings(samples=4, horizon_steps=4, knots=2))
     warm.plan(ref)
     assert np.any(warm._plan != 0.0)  # the warm planner keeps its plan for the next step
+
+
+def test_rollout_model_of_a_geared_motor_robot_matches_it(tmp_path):
+    # The toy robot's motors have gear 5 and no force range: its torque limit is the gain.
+    from fixtures import TOY_POSITION_YAML
+    from fixtures import write_toy
+    robot = Robot(write_toy(tmp_path, TOY_POSITION_YAML))
+    assert np.all(robot.model.actuator_gear[:, 0] == 5.0)
+    assert np.all(np.isinf(robot.max_force))
+    model = pd_rollout_model(robot)
+    np.testing.assert_allclose(model.actuator_forcerange[:, 1] * 5.0, robot.actuator_gain)
+    robot.reset(robot.stand_qpos())
+    spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    state = np.empty(mujoco.mj_stateSize(model, spec))
+    mujoco.mj_getState(robot.model, robot.data, state, spec)
+    targets = robot.stand_targets() + np.linspace(-1.0, 1.0, robot.nu)  # saturates
+    controls = np.tile(targets, (5 * robot.n_substeps, 1))[None]
+    states, _ = mj_rollout.rollout(model, [mujoco.MjData(model)], state[None], controls)
+    robot.set_command(targets)
+    assert robot.step(5 * robot.n_substeps) > 0
+    np.testing.assert_allclose(states[0, -1, 1:1 + robot.nq], robot.data.qpos, atol=1e-9)

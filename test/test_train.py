@@ -518,3 +518,35 @@ def test_config_values_are_range_checked(section, key, value, message):
     config['rounds']['data']['action_noise_rad'] = -0.1
     with pytest.raises(ValueError, match=r"'rounds.data.action_noise_rad' should be >= 0.0"):
         validate_config(config)
+
+
+def test_robot_with_its_own_root_name_trains_from_clips_and_config(tmp_path):
+    # A user's position robot (root joint 'base_free', no shipped clips): --clips must count
+    # with --config, and the in-training evaluation must take the robot's root joint (it
+    # compared against 'root' and stopped the run after collecting its data).
+    import json
+    from fixtures import make_robot_clip
+    from fixtures import TOY_POSITION_YAML
+    from fixtures import write_toy
+    from vrat_ros import cli
+    from vrat_ros.robots import Robot
+    from vrat_ros.train import robot_policy_interface
+    from vrat_ros.train import TorchPolicy
+    robot_file = write_toy(tmp_path, TOY_POSITION_YAML)
+    robot = Robot(robot_file)
+    assert robot.spec.root_joint == 'base_free'
+    interface = robot_policy_interface(robot)
+    model = make_model(interface['observation']['size'], robot.nu,
+                       {'hidden': [4], 'activation': 'elu'})
+    assert TorchPolicy(model, interface).root_joint == 'base_free'
+    clip = make_robot_clip(str(tmp_path / 'clip.npz'), robot, n_frames=60)
+    settings = tmp_path / 'tiny.json'
+    settings.write_text(json.dumps({
+        'data': {'n_episodes': 3, 'episode_steps': 20, 'n_workers': 1},
+        'rounds': {'count': 0}, 'model': {'hidden': [16]},
+        'train': {'steps': 20, 'batch_size': 16, 'checkpoint_every': 20, 'log_every': 10},
+        'eval': {'every': 20, 'starts_s': [0.0], 'seconds': 0.5}}))
+    out = tmp_path / 'run'
+    assert cli.main(['train', '--robot', robot_file, '--small', '--clips', clip, '--config',
+                     str(settings), '--out', str(out), '--no-progress']) == 0
+    assert OnnxPolicy(str(out / 'policy.onnx')).contract['root_joint'] == 'base_free'

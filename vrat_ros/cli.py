@@ -253,12 +253,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     spec = load_robot_spec(robot)  # an unknown robot is named here, before any work
     robot = 'rat' if spec.name == 'rat' else robot
     config = default_config(small=args.small, robot=robot)
+    if args.clips:  # before the file is checked: a robot without shipped clips needs them
+        config['clips'] = list(args.clips)
     if args.config:
         config = _load_train_config(args.config, config, update)
     config['robot'] = robot
     if args.seed is not None:
         config['seed'] = args.seed
-    if args.clips:
+    if args.clips:  # the command line wins over the file
         config['clips'] = list(args.clips)
     if not config['clips']:
         raise ValueError(f"robot '{spec.name}' has no shipped training clips; give some "

@@ -314,7 +314,7 @@ def _robot_settings(body) -> dict:
         'zero': ("the standing pose as position targets (a policy's zero action)"
                  if position else 'no torque'),
         'mpc': ('sampling model-predictive control on the simulation itself (vrat_ros.mpc, '
-                'default settings): the expert a position policy is trained to imitate'),
+                'MPCSettings defaults: 32 samples, 15 steps ahead, 4 knots, warm start)'),
         'tracked_threshold': tracking_limits(body),
         'definitions': {
             'joint_rmse_rad': f'RMS angle error over all {len(body.joint_names)} joints',
@@ -708,8 +708,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--controller', nargs='+', choices=CONTROLLERS,
                    default=list(DEFAULT_CONTROLLERS),
                    help="Controllers to evaluate (default: policy, pd and zero). 'mpc' (a "
-                        'position robot only) is the sampling MPC that its policy was trained '
-                        'to imitate, about 3 s of compute per simulated second on one core.')
+                        'position robot with plain joint motors only): sampling model-'
+                        'predictive control on the simulation itself (vrat_ros/mpc.py), about '
+                        '3 s of compute per simulated second on one core.')
     p.add_argument('--policy', help="ONNX policy; default: the shipped policy (for --robot, "
                                     "the robot file's defaults.policy).")
     p.add_argument('--starts', type=int, default=DEFAULT_STARTS,

@@ -21,8 +21,9 @@ what `Robot.step` computes in Python before each physics step: the same physics,
 
 Why it exists: following the reference joint angles alone (the 'pd' controller) does not
 move the trunk where the reference goes, because nothing feeds back the trunk's error; the
-sampled plans do, through contact physics, and a policy trained on this controller's
-actions (`vrat train --robot quadruped`) inherits that feedback at a network's cost.
+sampled plans do, through contact physics. `vrat train` can learn from it (the opt-in
+`expert` setting, config/train_mpc_expert.json, with its own settings: cold start, fixed
+noise); so far the policies it taught track no better than PD (see vrat_ros/train.py).
 Known shortcomings: only the 'position' interface; the model is the simulation itself
 (perfect, unlike a real robot); a control step costs samples x horizon x substeps physics
 steps (about 60 ms with the defaults on one core for the quadruped), far from real time.
@@ -96,8 +97,11 @@ class MPCSettings:
                                  f'{getattr(self, name)!r}')
         for name in ('noise_rad', 'temperature'):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+            if isinstance(value, bool) or not (
+                    isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ValueError(f'MPC setting {name} should be a number >= 0: got {value!r}')
+        if self.noise_rad > np.pi:  # wider than a joint's turn: the rollouts blow up
+            raise ValueError(f'MPC setting noise_rad should be at most pi: got {self.noise_rad}')
         weights = dict(self.weights)
         if set(weights) != {'root_xy', 'root_z', 'orientation', 'joints'} or not all(
                 np.isfinite(v) and v >= 0 for v in weights.values()):
@@ -127,22 +131,27 @@ def pd_rollout_model(robot: Robot) -> mujoco.MjModel:
                               f"interface; '{robot.spec.name}' takes "
                               f'{robot.command_interface} commands')
     m = robot.model
-    if m.na or np.any(m.actuator_trntype != mujoco.mjtTrn.mjTRN_JOINT) or np.any(
-            m.actuator_gear[:, 0] != 1.0):
-        raise ControllerError("the 'mpc' controller needs plain joint motors (gear 1, no "
-                              'actuator dynamics)')
+    gear = np.array(m.actuator_gear[:, 0], dtype=np.float64)
+    if m.na or np.any(m.actuator_trntype != mujoco.mjtTrn.mjTRN_JOINT) or np.any(gear == 0):
+        raise ControllerError("the 'mpc' controller needs joint motors without actuator "
+                              'dynamics')
+    # The joint torque is gear x the actuator force and the actuator length gear x q, so
+    # force = (kp / g) (ctrl - q) - (kd / g) qd gives the joint kp (target - q) - kd qd.
     model = copy.deepcopy(m)
     model.actuator_gaintype[:] = mujoco.mjtGain.mjGAIN_FIXED
     model.actuator_gainprm[:] = 0.0
-    model.actuator_gainprm[:, 0] = robot.kp
+    model.actuator_gainprm[:, 0] = robot.kp / gear
     model.actuator_biastype[:] = mujoco.mjtBias.mjBIAS_AFFINE
     model.actuator_biasprm[:] = 0.0
-    model.actuator_biasprm[:, 1] = -robot.kp
-    model.actuator_biasprm[:, 2] = -robot.kd
+    model.actuator_biasprm[:, 1] = -robot.kp / gear ** 2
+    model.actuator_biasprm[:, 2] = -robot.kd / gear ** 2
     model.actuator_ctrllimited[:] = 0
+    # Robot.step clips ctrl to [-1, 1] (joint torque up to the actuator's gain) and MuJoCo
+    # then applies any force range: the smaller of the two is the limit.
+    limit = np.minimum(np.abs(robot.actuator_gain), robot.max_force) / np.abs(gear)
     model.actuator_forcelimited[:] = 1
-    model.actuator_forcerange[:, 0] = -robot.max_force
-    model.actuator_forcerange[:, 1] = robot.max_force
+    model.actuator_forcerange[:, 0] = -limit
+    model.actuator_forcerange[:, 1] = limit
     return model
 
 
@@ -228,11 +237,12 @@ class SamplingMPC:
         finite = np.isfinite(cost)
         spread = float(np.mean(cost[finite] - best)) * s.temperature + 1e-12
         weight = np.where(finite, np.exp(-(np.where(finite, cost, best) - best) / spread), 0.0)
-        return np.einsum('n,nhu->hu', weight / weight.sum(), offsets)
+        used = weight > 0.0  # a blown-up sample's offsets may be inf: 0 x inf would be NaN
+        return np.einsum('n,nhu->hu', weight[used] / weight[used].sum(), offsets[used])
 
 
 class MPCController(Controller):
-    """`SamplingMPC` as a controller of `vrat run` / `vrat eval` (position robots only)."""
+    """`SamplingMPC` as a controller of `vrat eval` and `vrat render` (position robots only)."""
 
     name = 'mpc'
 

@@ -1207,6 +1207,8 @@ class TorchPolicy:
                               if 'action_offset' in interface else None)
         self.reference_frames = int(interface['reference']['frames'])
         self.reference_dt = float(interface['reference']['dt_s'])
+        # A robot's contract names its root joint; the rat's is the default.
+        self.root_joint = str(interface.get('root_joint', rc.ROOT_JOINT))
         self.observation_size = observation_size(len(self.joint_names), self.reference_frames)
 
     def run(self, observation: npt.ArrayLike) -> np.ndarray:

@@ -80,6 +80,10 @@ def test_plan_checks_the_reference_shape():
     ({'temperature': float('nan')}, 'temperature should be a number >= 0'),
     ({'weights': {'root_xy': 1.0}}, 'weights should give root_xy'),
     ({'horizon': 3}, 'unknown MPC settings'),
+    ({'samples': 10 ** 12}, 'samples should be at most 4096'),
+    ({'weights': {'root_xy': 1.0, 'root_z': 1.0, 'orientation': 1.0, 'joints': '1'}},
+     'weights should give root_xy'),
+    ({'weights': [1, 2, 3, 4]}, 'weights should be a mapping'),
     ({'iterations': 0}, 'iterations should be a positive integer'),
     ({'warm_start': 'yes'}, 'warm_start should be true or false'),
 ])

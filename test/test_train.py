@@ -464,7 +464,8 @@ def robot_training_clip():
 
 @pytest.mark.parametrize('robot, expert, message', [
     ('rat', {'kind': 'mpc', 'mpc': {}}, "needs a robot with the 'position' interface"),
-    ('quadruped', {'kind': 'ilqr', 'mpc': {}}, "'expert' should be null or"),
+    ('quadruped', {'kind': 'ilqr', 'mpc': {}}, "'expert.kind': unknown expert 'ilqr'"),
+    ('quadruped', {'mpc': {}}, "'expert' should be null or"),
     ('quadruped', {'kind': 'mpc', 'mpc': {'samples': 0}}, "'expert.mpc': MPC setting samples"),
     ('rat', None, "'model.residual' needs a robot with the 'position' interface"),
 ])

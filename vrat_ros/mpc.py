@@ -45,6 +45,8 @@ from vrat_ros.controllers import ControllerError
 from vrat_ros.robots import Robot
 
 _STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS
+# Largest sample count, horizon, knot count, thread count and iteration count accepted.
+_MAX_COUNT = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +88,8 @@ class MPCSettings:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f'MPC setting {name} should be a positive integer: got {value!r}')
+            if value > _MAX_COUNT:  # the rollouts' memory grows with samples x horizon
+                raise ValueError(f'MPC setting {name} should be at most {_MAX_COUNT}: got {value}')
         if self.samples < 2:
             raise ValueError(f'MPC setting samples should be at least 2: got {self.samples}')
         if not 2 <= self.knots <= self.horizon_steps:
@@ -104,14 +108,18 @@ class MPCSettings:
             raise ValueError(f'MPC setting noise_rad should be at most pi: got {self.noise_rad}')
         weights = dict(self.weights)
         if set(weights) != {'root_xy', 'root_z', 'orientation', 'joints'} or not all(
-                np.isfinite(v) and v >= 0 for v in weights.values()):
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                and v >= 0 for v in weights.values()):
             raise ValueError('MPC weights should give root_xy, root_z, orientation and joints, '
                              f'each a number >= 0: got {weights}')
 
     @classmethod
     def from_dict(cls, values: dict) -> 'MPCSettings':
         values = dict(values)
-        if isinstance(values.get('weights'), dict):
+        if 'weights' in values:
+            if not isinstance(values['weights'], dict):
+                raise ValueError('MPC weights should be a mapping {root_xy, root_z, orientation, '
+                                 f"joints}}: got {values['weights']!r}")
             values['weights'] = tuple(sorted(values['weights'].items()))
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

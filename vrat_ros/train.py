@@ -290,6 +290,8 @@ def expert_settings(config: dict):
     expert = config.get('expert')
     if expert is None:
         return None
+    if isinstance(expert, dict) and 'kind' in expert and expert['kind'] != 'mpc':
+        raise ValueError(f"setting 'expert.kind': unknown expert {expert['kind']!r}; known: mpc")
     if not isinstance(expert, dict) or expert.get('kind') != 'mpc' or set(expert) != {
             'kind', 'mpc'} or not isinstance(expert['mpc'], dict):
         raise ValueError("setting 'expert' should be null or {kind: mpc, mpc: {settings}}: "

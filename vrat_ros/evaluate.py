@@ -70,8 +70,7 @@ def make_controller(name: str, policy=None):
         name: 'policy', 'pd' (the rat: inertia-scaled PD with the default gains; a robot: the
             reference angles as targets, or its file's PD gains on torques), 'zero' (no
             torque; a position robot: the targets of its standing pose) or 'mpc' (a
-            position robot: the sampling MPC that a robot policy learns from,
-            `vrat_ros.mpc`, with its default settings).
+            position robot: the sampling MPC of `vrat_ros.mpc` with its default settings).
         policy: for 'policy', an ONNX path or a loaded `OnnxPolicy`.
 
     Raises:
@@ -708,7 +707,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--controller', nargs='+', choices=CONTROLLERS,
                    default=list(DEFAULT_CONTROLLERS),
                    help="Controllers to evaluate (default: policy, pd and zero). 'mpc' (a "
-                        'position robot with plain joint motors only): sampling model-'
+                        'position robot with joint motors only): sampling model-'
                         'predictive control on the simulation itself (vrat_ros/mpc.py), about '
                         '3 s of compute per simulated second on one core.')
     p.add_argument('--policy', help="ONNX policy; default: the shipped policy (for --robot, "

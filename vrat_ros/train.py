@@ -269,6 +269,13 @@ def _robot_overrides(config: dict, robot: str, small: bool) -> None:
         config['eval'].update({'every': 100, 'starts_s': [0.0], 'seconds': 1.0})
 
 
+def _fill_later_settings(config: dict) -> None:
+    """Gives a configuration from an older version the defaults of settings added since."""
+    config.setdefault('robot', 'rat')     # robots became trainable
+    config.setdefault('expert', None)     # experts
+    config['model'].setdefault('residual', False)  # residual models (see _OPTIONAL)
+
+
 def _takes_positions(robot: str) -> bool:
     """Whether a robot's file gives the 'position' command interface (False if unreadable)."""
     from vrat_ros.robots import load_robot_spec
@@ -868,10 +875,12 @@ class _RobotEpisodeGenerator:
             upright = body.data.xmat[body.torso_id][8]
             if not self.z_range[0] <= torso <= self.z_range[1] or upright < 0.0:
                 return True
+            if self.mpc is None:
+                return False
             # An expert's labels far from its targets teach little: stop at twice the
             # tracking limit of the root.
             off = np.linalg.norm(body.data.qpos[:2] - target[steps_done[0], :2])
-            return self.mpc is not None and off > 2.0 * body.track_root_dist_m
+            return off > 2.0 * body.track_root_dist_m
 
         return _collect(body, rng, cfg, target, n_steps, k, self.joint_idx, self.policy, pd,
                         acts.per_rad, apply, fallen,
@@ -1487,9 +1496,7 @@ def train(config: dict, out_dir: str, resume: bool = False, progress: bool = Tru
     require_torch()
     t_start = time.perf_counter()
     config = copy.deepcopy(config)
-    config.setdefault('robot', 'rat')  # configurations from before robots were trainable
-    config.setdefault('expert', None)  # and from before experts
-    config['model'].setdefault('residual', False)
+    _fill_later_settings(config)
     validate_config(config)
     for path in config['clips']:
         if not os.path.isfile(path):
@@ -1528,8 +1535,7 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
     resumed = None
     if resume and os.path.isfile(ckpt_path):
         resumed = torch.load(ckpt_path, map_location='cpu', weights_only=True)
-        resumed['config'].setdefault('expert', None)
-        resumed['config']['model'].setdefault('residual', False)
+        _fill_later_settings(resumed['config'])
         if _json_ready(resumed['config']) != _json_ready(config):
             diff = sorted(k for k in set(config) | set(resumed['config'])
                           if config.get(k) != resumed['config'].get(k))

@@ -426,6 +426,21 @@ def test_robot_expert_labels_every_step(tmp_path):
     gen = _RobotEpisodeGenerator('quadruped', [], 5, expert=expert_settings(config))
     assert gen.mpc.settings.samples == config['expert']['mpc']['samples']
 
+    # expert_hindsight adds, per episode, the steps whose next k states exist, with the
+    # states reached as the window and the applied (noisy) action as the label.
+    config['relabel']['expert_hindsight'] = True
+    obs2, act2, eps2 = relabel(episodes, config, np.arange(16), 0)
+    ep = episodes[0]
+    n, m = len(ep['ctrl']), len(ep['ctrl']) - k + 1
+    assert len(obs2) == len(obs) + sum(len(e['ctrl']) - k + 1 for e in episodes)
+    np.testing.assert_array_equal(act2[n:n + m], ep['ctrl'][:m].astype(np.float32))
+    t = np.arange(m)
+    window = ep['qpos'][t[:, None] + 1 + np.arange(k)]
+    np.testing.assert_allclose(
+        obs2[n:n + m], batch_observations(ep['qpos'][:m], ep['qvel'][:m], window,
+                                          np.arange(16)))
+    assert np.all(eps2[:n + m] == 0)
+
 
 def test_residual_model_with_a_silent_network_follows_the_reference():
     # base(obs) must read each actuated joint's angle and its next reference error from the

@@ -290,7 +290,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     ray_address=args.ray_address)
     keep = ('out_dir', 'checkpoint', 'policy', 'step', 'total_steps', 'complete', 'seed',
             'n_transitions', 'initial_loss', 'final_loss', 'val_loss', 'best_step',
-            'total_s', 'best_eval')
+            'rl_iterations', 'best_rl_iteration', 'rl_s', 'total_s', 'best_eval')
     print(json.dumps({k: summary[k] for k in keep if k in summary}, indent=2))
     return 0
 

@@ -131,7 +131,7 @@ MAX_EPISODE_STEPS = 100_000
 # Settings whose default is a number but that also accept None (see default_config).
 _NULLABLE = {'model.action_bound_quantile', 'train.ema_decay', 'eval.seconds'}
 # Settings added later, which older configuration files lack (their default then applies).
-_OPTIONAL = {'model.residual'}
+_OPTIONAL = {'model.residual', 'relabel.expert_hindsight'}
 
 
 def default_config(small: bool = False, robot: str = 'rat') -> dict:
@@ -183,6 +183,9 @@ def default_config(small: bool = False, robot: str = 'rat') -> dict:
             'offset_joint_rad': 0.2,       # max std of the joint offsets
             'offset_feedback_wn_rad_s': 225.0,  # PD frequency of the label's correction
             'val_fraction': 0.05,          # share of each round's episodes held out
+            # With an expert: also relabel its episodes in hindsight (the states it reached
+            # as the window, the action applied), beside its own labels.
+            'expert_hindsight': False,
         },
         'model': {
             'hidden': [512, 512, 512],
@@ -211,6 +214,9 @@ def default_config(small: bool = False, robot: str = 'rat') -> dict:
         # relabelling only), e.g. {'kind': 'mpc', 'mpc': {...}} for a position robot: see
         # `expert_settings`.
         'expert': None,
+        # PPO fine-tuning after imitation (None: none), e.g. {'iterations': 600}. Settings
+        # and defaults: vrat_ros.rl.DEFAULT_RL.
+        'rl': None,
         'eval': {
             'every': 1000,                 # closed-loop evaluation period (0: end of rounds)
             'starts_s': [0.0, 5.0, 10.0, 15.0],
@@ -262,18 +268,37 @@ def _robot_overrides(config: dict, robot: str, small: bool) -> None:
     config['train'].update({'steps': 4000, 'batch_size': 1024})
     config['eval'].update({'every': 1000, 'starts_s': [0.0, 4.0, 8.0, 12.0],
                            'seconds': 8.0})
+    if _rl_supported(robot):
+        # Imitation follows the reference joints and loses the trunk like PD; PPO on the
+        # tracking task itself teaches the policy to keep it (see vrat_ros/rl.py).
+        config['rl'] = {'iterations': 600}
     if small:
         config['data'].update({'n_episodes': 16, 'episode_steps': 60})
         config['rounds'].update({'count': 1, 'n_episodes': 4, 'steps': 100})
         config['train'].update({'steps': 200, 'batch_size': 128})
         config['eval'].update({'every': 100, 'starts_s': [0.0], 'seconds': 1.0})
+        if config['rl'] is not None:
+            config['rl'] = {'iterations': 2, 'envs': 8, 'steps_per_iteration': 16,
+                            'value_warmup': 1, 'eval_every': 2, 'log_every': 1}
+
+
+def _rl_supported(robot: str) -> bool:
+    """Whether RL fine-tuning can step a robot (False if its file or model is unusable)."""
+    from vrat_ros.rl import unsupported_reason
+    from vrat_ros.robots import Robot
+    try:
+        return unsupported_reason(Robot(robot)) is None
+    except VratError:
+        return False
 
 
 def _fill_later_settings(config: dict) -> None:
     """Gives a configuration from an older version the defaults of settings added since."""
     config.setdefault('robot', 'rat')     # robots became trainable
     config.setdefault('expert', None)     # experts
+    config.setdefault('rl', None)         # RL fine-tuning
     config['model'].setdefault('residual', False)  # residual models (see _OPTIONAL)
+    config['relabel'].setdefault('expert_hindsight', False)
 
 
 def _takes_positions(robot: str) -> bool:
@@ -401,11 +426,14 @@ def validate_config(config: dict) -> None:
     template['robot'] = robot
     if not isinstance(config, dict):
         raise ValueError(f'the configuration should be a mapping of settings: got {config!r}')
-    expert = config.get('expert')
-    config = {k: v for k, v in config.items() if k != 'expert'}
+    expert, rl_section = config.get('expert'), config.get('rl')
+    config = {k: v for k, v in config.items() if k not in ('expert', 'rl')}
     template.pop('expert')
+    template.pop('rl')
     _check_section('', config, template, template['data'])
     expert_settings({**config, 'expert': expert})
+    from vrat_ros.rl import validate_section
+    validate_section(rl_section)
     if config['model'].get('residual') and (robot == 'rat' or not _takes_positions(robot)):
         raise ValueError("setting 'model.residual' needs a robot with the 'position' "
                          f"interface; '{robot}' has none")
@@ -1045,7 +1073,8 @@ def relabel(
     """Turns episodes into (observation, action) examples by hindsight relabelling.
 
     An episode with an expert's labels ('label', 'window': see `_collect`) gives one example
-    per step instead: the state, the targets the expert was given, its action. Otherwise
+    per step instead: the state, the targets the expert was given, its action; with
+    'expert_hindsight' also the hindsight examples below (without offsets). Otherwise
     two kinds of examples come out:
       * hindsight: the state at step t, the states reached at t+1 .. t+K, the action taken;
       * offset: a hindsight window shifted by a constant root offset (horizontal position
@@ -1080,6 +1109,13 @@ def relabel(
             obs.append(batch_observations(q[:n], v[:n], ep['window'], joint_idx))
             act.append(ep['label'].astype(np.float32))
             eps.append(np.full(n, e, dtype=np.int32))
+            n = len(a) - k + 1
+            if cfg.get('expert_hindsight') and n > 0:
+                t = np.arange(n)
+                obs.append(batch_observations(q[t], v[t], q[t[:, None] + 1 + np.arange(k)],
+                                              joint_idx))
+                act.append(a[t].astype(np.float32))
+                eps.append(np.full(n, e, dtype=np.int32))
             continue
         n = len(a) - k + 1  # steps t whose states t+1 .. t+k exist
         if n <= 0:
@@ -1438,6 +1474,13 @@ def _json_ready(value):
     return value
 
 
+def rl_iterations_done(rl_run: dict) -> int:
+    """How many RL iterations a run has done (its tuner's count, or its saved state's)."""
+    if rl_run['tuner'] is not None:
+        return int(rl_run['tuner'].iteration)
+    return 0 if rl_run['state'] is None else int(rl_run['state']['iteration'])
+
+
 class _Dataset:
     """Relabelled examples of all rounds collected so far, split into train and val."""
 
@@ -1465,7 +1508,8 @@ class _Dataset:
 
 def train(config: dict, out_dir: str, resume: bool = False, progress: bool = True,
           stop_after_steps: int | None = None, export: bool = True,
-          workers: int | None = None, ray_address: str | None = None) -> dict:
+          workers: int | None = None, ray_address: str | None = None,
+          stop_after_rl_iterations: int | None = None) -> dict:
     """Generates data, trains the policy in rounds and (at the end) exports it to ONNX.
 
     Files in `out_dir`: episodes_r<k>.npz (the data of round k, reused on resume),
@@ -1482,6 +1526,7 @@ def train(config: dict, out_dir: str, resume: bool = False, progress: bool = Tru
         progress: show tqdm bars.
         stop_after_steps: stop (after checkpointing) once this many steps are done in
             total, as an interruption would; None trains to the end.
+        stop_after_rl_iterations: the same for the iterations of the RL stage ('rl').
         export: write policy.onnx once training is complete.
         workers, ray_address: where the episodes are collected (see `generate_episodes`);
             the data, and so the result, do not depend on them.
@@ -1510,7 +1555,7 @@ def train(config: dict, out_dir: str, resume: bool = False, progress: bool = Tru
     os.makedirs(out_dir, exist_ok=True)
     try:
         return _train(config, out_dir, resume, progress, stop_after_steps, export, workers,
-                      ray_address, t_start)
+                      ray_address, t_start, stop_after_rl_iterations)
     except BaseException:
         for folder in created:  # deepest first; never one that holds anything
             try:
@@ -1522,9 +1567,15 @@ def train(config: dict, out_dir: str, resume: bool = False, progress: bool = Tru
 
 def _train(config: dict, out_dir: str, resume: bool, progress: bool,
            stop_after_steps: int | None, export: bool, workers: int | None,
-           ray_address: str | None, t_start: float) -> dict:
+           ray_address: str | None, t_start: float,
+           stop_after_rl_iterations: int | None = None) -> dict:
     """The body of `train`, once the configuration is checked and out_dir exists."""
     import torch
+    from vrat_ros.rl import rl_settings
+    rl_cfg = rl_settings(config)
+    rl_total = int(rl_cfg['iterations'])
+    rl_stop = rl_total if stop_after_rl_iterations is None else min(
+        rl_total, int(stop_after_rl_iterations))
     ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
     seed = int(config['seed'])
     tcfg = config['train']
@@ -1551,6 +1602,11 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
                          f'within the training clips (the longest lasts '
                          f'{max(c.duration_s for c in clips):.2f} s)')
     joint_idx = observed_joints(body)
+    if rl_total > 0:
+        from vrat_ros.rl import unsupported_reason
+        reason = unsupported_reason(body)
+        if reason is not None:
+            raise ValueError(f"setting 'rl': {reason}; give \"rl\": null in --config")
     if isinstance(body, RatBody):
         interface = policy_interface(body, int(config['relabel']['frames']))
         joint_fb = joint_feedback_gains(body, clips[0].qpos[0],
@@ -1566,7 +1622,7 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
     if config.get('expert') is not None:
         base_hash['expert'] = config['expert']
     dataset = _Dataset()
-    timings = {'data_s': 0.0, 'train_s': 0.0, 'eval_s': 0.0}
+    timings = {'data_s': 0.0, 'train_s': 0.0, 'eval_s': 0.0, 'rl_s': 0.0}
 
     def round_data(r: int, collector: dict | None) -> None:
         """Loads or generates round r's episodes and adds them to the dataset."""
@@ -1631,6 +1687,7 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
         optimizer = torch.optim.Adam(model.parameters(), lr=tcfg['lr'],
                                      weight_decay=tcfg['weight_decay'])
         step, history, evals, best, running, collectors = 0, [], [], None, [], {}
+        rl_run = {'tuner': None, 'history': [], 'state': None}
         ema_decay = tcfg.get('ema_decay')
         ema = _clone_state(model) if ema_decay else None
         if resumed is not None:
@@ -1643,6 +1700,8 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
             running = list(resumed['running'])
             collectors = dict(resumed['collectors'])
             ema = resumed['ema']
+            rl_run['history'] = list(resumed.get('rl_history', []))
+            rl_run['state'] = resumed.get('rl')
 
         eval_body = make_body(config)
         policy = TorchPolicy(model, interface)
@@ -1665,19 +1724,23 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
                 xn, yn = normalised(tensors['x_val'], tensors['y_val'])
                 return float(torch.mean((model.forward_normalised(xn)[0] - yn) ** 2))
 
-        def run_eval(at_step: int) -> None:
+        def run_eval(at_step: int, rl_iteration: int | None = None) -> None:
             nonlocal best
             t0 = time.perf_counter()
             raw = _clone_state(model)
-            if ema is not None:
+            if ema is not None and rl_iteration is None:  # RL tunes the weights themselves
                 model.load_state_dict(ema)
             model.eval()
             result = evaluate_policy(policy, eval_body, clips, config['eval'])
             result['step'] = at_step
             result['val_loss'] = val_loss()
+            if rl_iteration is not None:
+                result['rl_iteration'] = rl_iteration
             evals.append(_json_ready(result))
             if best is None or result['score'] < best['score']:
                 best = {'score': result['score'], 'step': at_step, 'model': _clone_state(model)}
+                if rl_iteration is not None:
+                    best['rl_iteration'] = rl_iteration
             model.load_state_dict(raw)
             model.train()
             timings['eval_s'] += time.perf_counter() - t0
@@ -1688,10 +1751,55 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
                 'step': step, 'config': config, 'interface': interface,
                 'history': history, 'running': running, 'evals': evals, 'best': best,
                 'collectors': collectors, 'ema': ema,
+                'rl': (rl_run['tuner'].state_dict() if rl_run['tuner'] is not None
+                       else rl_run['state']),
+                'rl_history': rl_run['history'],
                 'data': {'n_episodes': dataset.n_episodes,
                          'n_transitions': dataset.n_transitions,
                          'n_train': int(len(tensors['x_train'])),
                          'n_val': int(len(tensors['x_val']))}}))
+
+        def run_rl() -> None:
+            """The RL stage (vrat_ros.rl): PPO from the best imitation weights."""
+            from vrat_ros.rl import PPOFineTuner
+            from vrat_ros.rl import TrackingEnvs
+            t0 = time.perf_counter()
+            if rl_run['state'] is None and best is not None:
+                model.load_state_dict(best['model'])
+            envs = TrackingEnvs(body, clips, int(config['relabel']['frames']), joint_idx,
+                                rl_cfg)
+            tuner = PPOFineTuner(model, envs, rl_cfg, seed)
+            if rl_run['state'] is not None:
+                tuner.load_state_dict(rl_run['state'])
+            rl_run['tuner'] = tuner
+            rl_bar = None
+            if progress:
+                from tqdm import tqdm
+                rl_bar = tqdm(total=rl_total, initial=tuner.iteration, desc='RL fine-tuning',
+                              unit='it')
+            while tuner.iteration < rl_stop:
+                stats = tuner.iterate()
+                it = stats['iteration']
+                if it % int(rl_cfg['log_every']) == 0 or it == rl_total:
+                    rl_run['history'].append(stats)
+                    if rl_bar is not None:
+                        rl_bar.set_postfix(reward=f"{stats['reward']:.3f}",
+                                           episode_s=f"{stats['episode_s'] or 0:.2f}")
+                if it % int(rl_cfg['eval_every']) == 0 or it == rl_total:
+                    timings['rl_s'] += time.perf_counter() - t0
+                    run_eval(step, rl_iteration=it)
+                    t0 = time.perf_counter()
+                    if rl_bar is not None:
+                        rl_bar.set_postfix(reward=f"{stats['reward']:.3f}",
+                                           score=f"{evals[-1]['score']:.1f}")
+                if it % int(rl_cfg['checkpoint_every']) == 0 or it in (rl_total, rl_stop):
+                    checkpoint()
+                if rl_bar is not None:
+                    rl_bar.update(1)
+            if rl_bar is not None:
+                rl_bar.close()
+            rl_run['state'] = tuner.state_dict()
+            timings['rl_s'] += time.perf_counter() - t0
 
         load_tensors()
         eval_every = int(config['eval']['every'])
@@ -1755,6 +1863,8 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
             timings['train_s'] += time.perf_counter() - t_train
         if bar is not None:
             bar.close()
+        if rl_total > 0 and step >= total:
+            run_rl()
         final_val_loss = val_loss()
     finally:
         torch.set_num_threads(prev_threads)
@@ -1765,7 +1875,9 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
         'checkpoint': ckpt_path,
         'step': step,
         'total_steps': total,
-        'complete': step >= total,
+        'complete': step >= total and rl_iterations_done(rl_run) >= rl_total,
+        'rl_iterations': rl_iterations_done(rl_run),
+        'rl_history': rl_run['history'],
         'seed': seed,
         **timings,
         'n_episodes': dataset.n_episodes,
@@ -1777,9 +1889,11 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
         'best_step': None if best is None else best['step'],
         'best_score': None if best is None else best['score'],
         'evals': [{k: v for k, v in e.items() if k != 'runs'} for e in evals],
-        'best_eval': next((e for e in evals if best and e['step'] == best['step']), None),
+        'best_rl_iteration': None if best is None else best.get('rl_iteration'),
+        'best_eval': next((e for e in evals if best and e['step'] == best['step']
+                           and e.get('rl_iteration') == best.get('rl_iteration')), None),
     }
-    if export and step >= total:
+    if export and summary['complete']:
         from vrat_ros.export import export_onnx
         path = os.path.join(out_dir, POLICY_NAME)
         parity = tensors['x_val'] if len(tensors['x_val']) else tensors['x_train']

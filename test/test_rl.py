@@ -1,0 +1,191 @@
+"""Tests of the RL fine-tuning stage (vrat_ros/rl.py) and its place in `vrat train`."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from vrat_ros.clip import Clip
+from vrat_ros.controllers import observation_from_state
+from vrat_ros.resources import data_path
+from vrat_ros.rl import DEFAULT_RL
+from vrat_ros.rl import rl_settings
+from vrat_ros.rl import TrackingEnvs
+from vrat_ros.robots import Robot
+from vrat_ros.train import default_config
+from vrat_ros.train import load_checkpoint
+from vrat_ros.train import robot_training_clips
+from vrat_ros.train import RobotActions
+from vrat_ros.train import train
+from vrat_ros.train import validate_config
+
+torch = pytest.importorskip('torch')
+
+
+def _envs(n=4, **overrides):
+    robot = Robot('quadruped')
+    clips = [Clip.load(p).reorder_to(robot.hinge_names)
+             for p in robot_training_clips('quadruped')[:2]]
+    cfg = rl_settings({'rl': {'envs': n, 'threads': 1, **overrides}})
+    return robot, clips, TrackingEnvs(robot, clips, 5, np.arange(len(robot.joint_names)), cfg)
+
+
+def test_environments_step_the_robots_own_physics_and_observation():
+    # One control step of the batched environments equals Robot.step_control from the
+    # same state with the same targets, and their observation equals the policy node's.
+    robot, clips, envs = _envs()
+    envs.reset(np.arange(envs.n), np.random.default_rng(1))
+    c, t = int(envs.clip[2]), int(envs.t[2])
+    q0, v0 = envs.qpos()[2].copy(), envs.qvel()[2].copy()
+    window = envs.ref_q[c, t + 1:t + 6]
+    np.testing.assert_allclose(
+        envs.observe()[2], observation_from_state(q0, v0, window, np.arange(16)), atol=1e-5)
+    actions = np.random.default_rng(2).uniform(-0.3, 0.3, (envs.n, robot.nu))
+    envs.step(actions)
+    robot.reset(q0, v0)
+    robot.step_control(RobotActions(robot).command(actions[2]))
+    np.testing.assert_allclose(envs.qpos()[2], robot.data.qpos, atol=1e-9)
+    assert envs.t[2] == t + 1 and envs.age[2] == 1
+
+
+def test_rat_environments_step_the_rats_torque_physics(rat_body):
+    # On the rat (effort: the action is the motor's ctrl) one control step equals
+    # RatBody.set_ctrl_from_torque + 10 physics steps, and the rat's limits apply.
+    from vrat_ros.resources import default_clip_path
+    clip = Clip.load(default_clip_path()).reorder_to(rat_body.hinge_names)
+    cfg = rl_settings({'rl': {'envs': 2, 'threads': 1}})
+    envs = TrackingEnvs(rat_body, [clip], 5, rat_body.tracked_hinge_idx, cfg)
+    assert envs.limits['root_dist_m'] == 0.1 and envs.substeps == 10
+    envs.reset(np.arange(2), np.random.default_rng(0))
+    q0, v0 = envs.qpos()[1].copy(), envs.qvel()[1].copy()
+    actions = np.random.default_rng(1).uniform(-0.2, 0.2, (2, rat_body.nu))
+    envs.step(actions)
+    rat_body.reset(q0, v0)
+    rat_body.set_ctrl_from_torque(actions[1] * rat_body.actuator_gain)
+    rat_body.step(10)
+    np.testing.assert_allclose(envs.qpos()[1], rat_body.data.qpos, atol=1e-9)
+
+
+def test_reward_is_high_on_the_reference_and_a_lost_root_fails():
+    robot, clips, envs = _envs(n=2)
+    envs.reset(np.arange(2), np.random.default_rng(0))
+    # Environment 1's trunk is moved 0.6 m away: beyond the quadruped's 0.5 m limit.
+    envs.state[1, 1] += 0.6
+    actions = RobotActions(robot)
+    # Commanding the next reference frame's joint angles keeps environment 0 tracked.
+    targets = envs.ref_q[envs.clip, envs.t + 1][:, robot.actuator_qposadr]
+    reward, failed, truncated = envs.step(actions.action_of(targets))
+    assert not failed[0] and failed[1]
+    assert reward[1] == 0.0
+    weights = DEFAULT_RL['reward']['weights']
+    assert 0.8 * sum(weights.values()) < reward[0] <= sum(weights.values())
+    assert not truncated.any()
+
+
+def tiny_rl_config(iterations=3):
+    config = default_config(small=True, robot='quadruped')
+    config['data'].update({'n_episodes': 4, 'episode_steps': 30, 'n_workers': 1})
+    config['rounds'].update({'count': 0})
+    config['model']['hidden'] = [32, 32]
+    config['train'].update({'steps': 20, 'batch_size': 64, 'checkpoint_every': 20,
+                            'log_every': 10})
+    config['eval'].update({'every': 20, 'starts_s': [0.0], 'seconds': 0.3})
+    config['rl'] = {'iterations': iterations, 'envs': 4, 'steps_per_iteration': 12,
+                    'minibatch': 16, 'epochs': 2, 'value_warmup': 1, 'eval_every': 2,
+                    'checkpoint_every': 1, 'log_every': 1, 'threads': 1}
+    return config
+
+
+def test_rl_stage_changes_the_policy_and_resumes_exactly(tmp_path):
+    config = tiny_rl_config()
+    full = train(config, str(tmp_path / 'full'), progress=False)
+    assert full['complete'] and full['rl_iterations'] == 3
+    assert [h['iteration'] for h in full['rl_history']] == [1, 2, 3]
+    # Iteration 1 trains only the critic; later ones move the policy.
+    assert full['rl_history'][0]['policy_loss'] is None
+    assert full['rl_history'][1]['policy_loss'] is not None
+    assert [e.get('rl_iteration') for e in full['evals']] == [None, 2, 3]
+    model, ckpt = load_checkpoint(str(tmp_path / 'full' / 'checkpoint.pt'), which='latest')
+    imitation = ckpt['best']['model'] if ckpt['best'].get('rl_iteration') is None else None
+    if imitation is not None:  # the best weights are the imitation ones: RL moved on
+        assert not torch.equal(model.state_dict()['head.weight'], imitation['head.weight'])
+    assert (tmp_path / 'full' / 'policy.onnx').is_file()
+
+    # Interrupted after 1 and 2 iterations, resumed: the same weights and history.
+    part = tmp_path / 'part'
+    shutil.copytree(tmp_path / 'full', part,
+                    ignore=shutil.ignore_patterns('checkpoint.pt', 'policy.onnx'))
+    first = train(config, str(part), progress=False, stop_after_rl_iterations=1)
+    assert first['rl_iterations'] == 1 and not first['complete']
+    assert not (part / 'policy.onnx').exists()
+    train(config, str(part), resume=True, progress=False, stop_after_rl_iterations=2)
+    last = train(config, str(part), resume=True, progress=False)
+    assert last['complete'] and last['rl_history'] == full['rl_history']
+    for which in ('latest', 'best'):
+        a = load_checkpoint(str(tmp_path / 'full' / 'checkpoint.pt'), which=which)[0]
+        b = load_checkpoint(str(part / 'checkpoint.pt'), which=which)[0]
+        for k, v in a.state_dict().items():
+            assert torch.equal(v, b.state_dict()[k]), k
+
+
+@pytest.mark.parametrize('rl, robot, message', [
+    ({'iterations': 5, 'gama': 0.9}, 'quadruped', "unknown training setting 'gama' in 'rl'"),
+    ({'iterations': -1}, 'quadruped', "'rl.iterations' should be an integer >= 0"),
+    ({'lr': 0}, 'quadruped', "'rl.lr' should be a number > 0"),
+    ({'gamma': 1.5}, 'quadruped', "'rl.gamma' should be at most 1"),
+    ({'reward': {'weights': {'trunk': 1.0}}}, 'quadruped', "'rl.reward.weights' should have"),
+    ({'value_hidden': []}, 'quadruped', "'rl.value_hidden' should be a list"),
+    ('many', 'quadruped', "setting 'rl' should be null or a mapping"),
+])
+def test_rl_settings_are_checked(rl, robot, message):
+    config = default_config(small=True, robot=robot)
+    config['rl'] = rl
+    with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        validate_config(config)
+
+
+def test_configs_without_an_rl_section_still_validate():
+    config = default_config(small=True, robot='quadruped')
+    del config['rl']
+    validate_config(config)
+    assert rl_settings(config)['iterations'] == 0
+
+
+def test_held_out_clip_is_not_an_rl_clip():
+    held_out = data_path('clips', 'quadruped', 'quadruped_eval_2010_2310.npz')
+    assert held_out not in default_config(robot='quadruped')['clips']
+
+
+def test_effort_robot_environments_step_like_the_robot(tmp_path):
+    # A user's effort robot (the toy fixture, geared motors): the action is its ctrl.
+    from fixtures import make_robot_clip
+    from fixtures import write_toy
+    robot = Robot(write_toy(tmp_path))
+    clip = Clip.load(make_robot_clip(str(tmp_path / 'toy.npz'), robot))
+    envs = TrackingEnvs(robot, [clip], 3, np.arange(len(robot.joint_names)),
+                        rl_settings({'rl': {'envs': 2, 'threads': 1}}))
+    envs.reset(np.arange(2), np.random.default_rng(0))
+    q0, v0 = envs.qpos()[0].copy(), envs.qvel()[0].copy()
+    actions = np.random.default_rng(1).uniform(-0.5, 0.5, (2, robot.nu))
+    envs.step(actions)
+    robot.reset(q0, v0)
+    robot.set_command(RobotActions(robot).command(actions[0]))
+    robot.step(robot.n_substeps)
+    np.testing.assert_allclose(envs.qpos()[0], robot.data.qpos, atol=1e-9)
+
+
+def test_robots_rl_cannot_drive_get_no_rl_stage_by_default(tmp_path):
+    # Motors with actuator dynamics cannot carry the PD law into the rollout model: the
+    # default configuration leaves RL out and an explicit 'rl' is refused up front.
+    from fixtures import TOY_POSITION_YAML
+    from fixtures import TOY_XML
+    from fixtures import write_toy
+    from vrat_ros.rl import unsupported_reason
+    xml = TOY_XML.replace('<motor ', '<general dyntype="filter" dynprm="0.05" ')
+    path = write_toy(tmp_path, TOY_POSITION_YAML, xml)
+    assert 'RL fine-tuning needs joint motors without actuator dynamics' in \
+        unsupported_reason(Robot(path))
+    assert default_config(robot=path)['rl'] is None
+    assert default_config(robot='quadruped')['rl'] == {'iterations': 600}
+    (tmp_path / 'effort').mkdir()
+    assert unsupported_reason(Robot(write_toy(tmp_path / 'effort'))) is None

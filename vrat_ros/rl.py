@@ -1,0 +1,451 @@
+"""Reinforcement-learning fine-tuning (PPO) of an imitation policy on a position robot.
+
+Imitation alone leaves the quadruped's policy no better than PD: it follows the reference
+joint angles and loses the trunk, because nothing in its data rewards keeping the trunk on
+the reference path (see vrat_ros/train.py). This stage starts from the imitation policy and
+improves it on the tracking task itself, the way the published virtual-rodent work trained
+its controllers, at the small scale a 2-core machine allows:
+
+  * Environments: `envs` copies of the robot, stepped together with `mujoco.rollout` (native
+    code, several threads) on a model whose motors apply the robot's own PD law
+    (`vrat_ros.mpc.pd_rollout_model`, tested equal to `Robot.step`). Each episode starts at a
+    random control step of a random training clip, in the clip's pose and velocity, and ends
+    at the first frame the robot file's "tracked" test fails (as `vrat eval` counts it), at
+    the clip's end or after `max_episode_s`.
+  * Reward per control step, 0 on a failed frame: weights['root'] x exp(-(d / root_m)^2) +
+    weights['joints'] x exp(-(mean squared joint error) / joints_rad2) +
+    weights['orientation'] x exp(-(angle / orientation_rad)^2), with d the root's distance to
+    the reference root and angle the trunk's rotation away from the reference's.
+  * PPO: the policy's action is the network's output plus Gaussian noise (a learned standard
+    deviation per actuator, starting at `init_std`); a separate value network (on the same
+    normalised observation) is trained alone for `value_warmup` iterations first, so the
+    first policy updates do not follow a random critic. Clipped surrogate, GAE(lambda),
+    truncated episodes bootstrapped from the value of the state they reached.
+
+Every random draw comes from the seed and the iteration number, so a run is deterministic
+for a seed and a resumed run equals an uninterrupted one (the environments' states are part
+of the checkpoint). The exported policy is the network's mean action.
+
+Known shortcomings: position robots only (an effort robot would need its torque model in the
+rollout; the rat is not a `Robot` here); the reward and PPO settings were tuned on the
+quadruped only; episodes start on the control-step grid of the clips.
+"""
+
+from __future__ import annotations
+
+import mujoco
+from mujoco import rollout as mj_rollout
+import numpy as np
+
+from vrat_ros.clip import Clip
+from vrat_ros.kinematics import quat_conj
+from vrat_ros.kinematics import quat_mul
+from vrat_ros.tracking import forward_positions
+
+_STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS
+
+# The settings of the 'rl' section of a training configuration; iterations 0 skips the stage.
+DEFAULT_RL = {
+    'iterations': 0,              # PPO iterations (each: envs x steps_per_iteration steps)
+    'envs': 64,                   # environments stepped together
+    'steps_per_iteration': 64,    # control steps per environment and iteration
+    'epochs': 4,                  # passes over each iteration's data
+    'minibatch': 1024,
+    'lr': 3e-5,                   # policy learning rate (small: it starts from imitation)
+    'value_lr': 1e-3,
+    'value_hidden': [256, 256],
+    'value_warmup': 10,           # iterations that train only the value network
+    'init_std': 0.05,             # initial action noise (action units: 1 = the full range)
+    'gamma': 0.98,
+    'lam': 0.95,
+    'clip': 0.2,
+    'max_grad_norm': 1.0,
+    'max_episode_s': 6.0,
+    'reward': {'weights': {'root': 0.5, 'joints': 0.3, 'orientation': 0.2},
+               'root_m': 0.25, 'joints_rad2': 0.05, 'orientation_rad': 0.5},
+    'threads': 2,                 # rollout threads
+    'eval_every': 100,            # closed-loop evaluation period in iterations
+    'checkpoint_every': 25,
+    'log_every': 10,
+}
+
+
+def rl_settings(config: dict) -> dict:
+    """The 'rl' section of a training configuration with defaults for what it leaves out."""
+    section = config.get('rl') or {}
+    out = {**DEFAULT_RL, **section}
+    out['reward'] = {**DEFAULT_RL['reward'], **(section.get('reward') or {})}
+    out['reward']['weights'] = {**DEFAULT_RL['reward']['weights'],
+                                **((section.get('reward') or {}).get('weights') or {})}
+    return out
+
+
+def check_settings(cfg: dict) -> None:
+    """Raises ValueError naming the first unusable 'rl' setting."""
+    def positive(name, value, integer=False, allow_zero=False):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+        if integer:
+            ok = ok and float(value) == int(value)
+        ok = ok and (value >= 0 if allow_zero else value > 0)
+        if not ok:
+            kind = 'an integer' if integer else 'a number'
+            bound = '>= 0' if allow_zero else '> 0'
+            raise ValueError(f"setting 'rl.{name}' should be {kind} {bound}: got {value!r}")
+    positive('iterations', cfg['iterations'], integer=True, allow_zero=True)
+    for name in ('envs', 'steps_per_iteration', 'epochs', 'minibatch', 'threads',
+                 'eval_every', 'checkpoint_every', 'log_every'):
+        positive(name, cfg[name], integer=True)
+    positive('value_warmup', cfg['value_warmup'], integer=True, allow_zero=True)
+    for name in ('lr', 'value_lr', 'init_std', 'max_grad_norm', 'max_episode_s'):
+        positive(name, cfg[name])
+    for name in ('gamma', 'lam', 'clip'):
+        positive(name, cfg[name])
+        if cfg[name] > 1:
+            raise ValueError(f"setting 'rl.{name}' should be at most 1: got {cfg[name]!r}")
+    if cfg['envs'] > 4096 or cfg['threads'] > 256:
+        raise ValueError("settings 'rl.envs' (<= 4096) and 'rl.threads' (<= 256) are too large")
+    hidden = cfg['value_hidden']
+    if not (isinstance(hidden, list) and hidden
+            and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden)):
+        raise ValueError(f"setting 'rl.value_hidden' should be a list of positive integers: "
+                         f'got {hidden!r}')
+    reward = cfg['reward']
+    for name in ('root_m', 'joints_rad2', 'orientation_rad'):
+        positive(f'reward.{name}', reward[name])
+    weights = reward['weights']
+    if set(weights) != {'root', 'joints', 'orientation'}:
+        raise ValueError("setting 'rl.reward.weights' should have exactly the keys root, "
+                         f'joints and orientation: got {sorted(weights)}')
+    for name, value in weights.items():
+        positive(f'reward.weights.{name}', value, allow_zero=True)
+
+
+def _angle(q1: np.ndarray, q2: np.ndarray) -> np.ndarray:
+    """Rotation angle (rad) between rows of unit quaternions."""
+    rel = quat_mul(quat_conj(q1), q2)
+    return 2.0 * np.arccos(np.minimum(1.0, np.abs(rel[:, 0])))
+
+
+class TrackingEnvs:
+    """`envs` copies of a position robot tracking clips, stepped together.
+
+    State per environment: the MuJoCo state, which clip, the control step in it and the
+    steps since the episode began. `observe` gives the policy's observations (the same
+    numbers `vrat_ros.controllers.observation_from_state` builds), `step` applies actions.
+    """
+
+    def __init__(self, robot, clips: list[Clip], frames: int, joint_idx: np.ndarray,
+                 cfg: dict):
+        from vrat_ros.rollout import default_control_rate_hz
+        from vrat_ros.tracking import tracking_limits
+        self.robot = robot
+        self.cfg = cfg
+        self.position = getattr(robot, 'command_interface', 'effort') == 'position'
+        if self.position:
+            from vrat_ros.mpc import pd_rollout_model
+            from vrat_ros.train import RobotActions
+            self.model = pd_rollout_model(robot)
+            self.actions = RobotActions(robot)
+        else:
+            # The rat and effort robots: a policy's action is the motor's ctrl (torque =
+            # action x gain, clipped to [-1, 1] as set_ctrl_from_torque/set_command do).
+            self.model = robot.model
+            self.actions = None
+        self.limits = tracking_limits(robot)
+        self.frames = int(frames)
+        self.joint_idx = np.asarray(joint_idx)
+        self.n = int(cfg['envs'])
+        self.dt = 1.0 / default_control_rate_hz(robot)
+        self.substeps = int(round(self.dt / self.model.opt.timestep))
+        self._datas = [mujoco.MjData(self.model) for _ in range(int(cfg['threads']))]
+        self._scratch = mujoco.MjData(self.model)
+        self.nstate = mujoco.mj_stateSize(self.model, _STATE)
+        nq, nv = robot.nq, robot.nv
+        self.nq, self.nv = nq, nv
+        # Each clip sampled on the control grid; a window past the end holds the last frame.
+        self.lengths = np.array([int(np.floor(c.duration_s / self.dt + 1e-9)) + 1
+                                 for c in clips])
+        if np.any(self.lengths < 2):
+            raise ValueError('RL fine-tuning needs clips of at least two control steps')
+        width = int(self.lengths.max()) + self.frames + 1
+        self.ref_q = np.zeros((len(clips), width, nq))
+        self.ref_v = np.zeros((len(clips), width, nv))
+        for i, clip in enumerate(clips):
+            times = np.minimum(np.arange(width) * self.dt, clip.duration_s)
+            self.ref_q[i], self.ref_v[i] = clip.states(times)
+        self.joints = 7 + robot.tracked_hinge_idx
+        # A free joint's qpos[:3] is its body's position: no kinematics needed for that body.
+        m = robot.model
+        self.torso_is_root = bool(m.jnt_type[0] == mujoco.mjtJoint.mjJNT_FREE
+                                  and m.jnt_bodyid[0] == robot.torso_id)
+        self.max_age = max(1, int(round(cfg['max_episode_s'] / self.dt)))
+        self.state = np.zeros((self.n, self.nstate))
+        self.clip = np.zeros(self.n, dtype=np.int64)
+        self.t = np.zeros(self.n, dtype=np.int64)
+        self.age = np.zeros(self.n, dtype=np.int64)
+
+    # -- episode starts ----------------------------------------------------------------------
+
+    def reset(self, which: np.ndarray, rng: np.random.Generator) -> None:
+        """Starts new episodes in environments `which` at random clip steps."""
+        for i in np.asarray(which, dtype=np.int64):
+            c = int(rng.integers(len(self.lengths)))
+            last = max(1, int(self.lengths[c]) - 1 - min(25, int(self.lengths[c]) // 2))
+            self.clip[i], self.t[i], self.age[i] = c, int(rng.integers(0, last)), 0
+            d = self._scratch
+            mujoco.mj_resetData(self.model, d)
+            d.qpos[:] = self.ref_q[c, self.t[i]]
+            d.qvel[:] = self.ref_v[c, self.t[i]]
+            mujoco.mj_forward(self.model, d)
+            mujoco.mj_getState(self.model, d, self.state[i], _STATE)
+
+    # -- observation and step ----------------------------------------------------------------
+
+    def qpos(self) -> np.ndarray:
+        return self.state[:, 1:1 + self.nq]
+
+    def qvel(self) -> np.ndarray:
+        return self.state[:, 1 + self.nq:1 + self.nq + self.nv]
+
+    def observe(self) -> np.ndarray:
+        from vrat_ros.train import batch_observations
+        ahead = self.t[:, None] + 1 + np.arange(self.frames)[None, :]
+        ahead = np.minimum(ahead, self.lengths[self.clip][:, None] - 1)
+        window = self.ref_q[self.clip[:, None], ahead]
+        return batch_observations(self.qpos(), self.qvel(), window, self.joint_idx)
+
+    def _torso_z(self, qpos: np.ndarray) -> np.ndarray:
+        if self.torso_is_root:
+            return qpos[:, 2]
+        return forward_positions(self.model, np.nan_to_num(qpos))[:, self.robot.torso_id, 2]
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Applies (envs, nu) actions in [-1, 1] for one control step.
+
+        Returns:
+            reward (envs,), failed (envs,) bool (the frame reached is not tracked) and
+            truncated (envs,) bool (tracked, but the episode ends: clip end or max length).
+        """
+        command = np.clip(actions, -1.0, 1.0)
+        if self.actions is not None:
+            command = self.actions.command(command)
+        control = np.repeat(command[:, None, :], self.substeps, axis=1)
+        states, _ = mj_rollout.rollout(self.model, self._datas, self.state, control)
+        self.state = np.array(states[:, -1], dtype=np.float64)
+        self.t += 1
+        self.age += 1
+        q = self.qpos()
+        ref = self.ref_q[self.clip, np.minimum(self.t, self.lengths[self.clip] - 1)]
+        finite = np.all(np.isfinite(self.state), axis=1)
+        with np.errstate(invalid='ignore', over='ignore'):
+            dist = np.linalg.norm(q[:, :3] - ref[:, :3], axis=1)
+            joint_sq = np.sum((q[:, self.joints] - ref[:, self.joints]) ** 2, axis=1)
+            z = self._torso_z(q)
+            lo, hi = self.limits['torso_z_range_m']
+            failed = (~finite | (dist > self.limits['root_dist_m'])
+                      | (joint_sq > self.limits['joint_sq_err_rad2']) | (z < lo) | (z > hi))
+            r = self.cfg['reward']
+            w = r['weights']
+            angle = _angle(np.nan_to_num(q[:, 3:7]) + np.array([1e-12, 0, 0, 0]), ref[:, 3:7])
+            reward = (w['root'] * np.exp(-(dist / r['root_m']) ** 2)
+                      + w['joints'] * np.exp(-joint_sq / len(self.joints) / r['joints_rad2'])
+                      + w['orientation'] * np.exp(-(angle / r['orientation_rad']) ** 2))
+        reward = np.where(failed, 0.0, np.nan_to_num(reward))
+        truncated = ~failed & ((self.age >= self.max_age)
+                               | (self.t >= self.lengths[self.clip] - 1))
+        return reward, failed, truncated
+
+    def snapshot(self) -> dict:
+        return {'state': self.state.copy(), 'clip': self.clip.copy(), 't': self.t.copy(),
+                'age': self.age.copy()}
+
+    def restore(self, snap: dict) -> None:
+        self.state = np.asarray(snap['state'], dtype=np.float64).reshape(self.n, self.nstate)
+        for name in ('clip', 't', 'age'):
+            setattr(self, name, np.asarray(snap[name], dtype=np.int64).reshape(self.n))
+
+
+class PPOFineTuner:
+    """PPO on a `TrackingEnvs`, improving `model` (an InverseDynamicsMLP) in place.
+
+    `iterate()` runs one iteration (collect, then update); `state_dict()` and
+    `load_state_dict()` hold everything a resumed run needs besides `model` itself.
+    """
+
+    def __init__(self, model, envs: TrackingEnvs, cfg: dict, seed: int):
+        import torch
+        self.torch = torch
+        self.model = model
+        self.envs = envs
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.iteration = 0
+        nu = int(model.act_mean.numel())
+        obs_size = int(model.obs_mean.numel())
+        torch.manual_seed(self.seed + 7919)
+        self.log_std = torch.nn.Parameter(torch.full((nu,), float(np.log(cfg['init_std']))))
+        sizes = [obs_size] + list(cfg['value_hidden'])
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [torch.nn.Linear(a, b), torch.nn.ELU()]
+        self.value = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], 1))
+        self.policy_opt = torch.optim.Adam(list(model.parameters()) + [self.log_std],
+                                           lr=cfg['lr'])
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg['value_lr'])
+        self.stats = {'episodes': 0, 'episode_steps': [], 'reward': []}
+        envs.reset(np.arange(envs.n), np.random.default_rng([self.seed, 71, 0]))
+
+    def _values(self, obs):
+        x = (obs - self.model.obs_mean) / self.model.obs_std
+        return self.value(x).squeeze(-1)
+
+    def _log_prob(self, mean, action):
+        std = self.torch.exp(self.log_std)
+        return (-0.5 * ((action - mean) / std) ** 2 - self.log_std).sum(-1)
+
+    def iterate(self) -> dict:
+        """One PPO iteration; returns its statistics."""
+        torch = self.torch
+        cfg, envs = self.cfg, self.envs
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(
+            [self.seed, 72, self.iteration]).generate_state(1)[0]))
+        rng = np.random.default_rng([self.seed, 73, self.iteration])
+        T, n = int(cfg['steps_per_iteration']), envs.n
+        obs_l, act_l, logp_l, rew_l, fail_l, trunc_l, boot_l = [], [], [], [], [], [], []
+        lengths = []
+        self.model.eval()
+        with torch.no_grad():
+            for _ in range(T):
+                obs = torch.from_numpy(envs.observe())
+                mean = self.model(obs)[0]
+                noise = torch.randn(mean.shape, generator=gen)
+                action = mean + torch.exp(self.log_std) * noise
+                reward, failed, truncated = envs.step(action.numpy().astype(np.float64))
+                boot = np.zeros(n)
+                if np.any(truncated):
+                    boot = np.where(truncated, self._values(
+                        torch.from_numpy(envs.observe())).numpy(), 0.0)
+                obs_l.append(obs)
+                act_l.append(action)
+                logp_l.append(self._log_prob(mean, action))
+                rew_l.append(reward)
+                fail_l.append(failed)
+                trunc_l.append(truncated)
+                boot_l.append(boot)
+                done = np.flatnonzero(failed | truncated)
+                lengths += envs.age[done].tolist()
+                if len(done):
+                    envs.reset(done, rng)
+            obs = torch.stack(obs_l)                       # (T, n, D)
+            values = self._values(obs).numpy()             # (T, n)
+            last = self._values(torch.from_numpy(envs.observe())).numpy()
+        rew, fail, trunc, boot = map(np.array, (rew_l, fail_l, trunc_l, boot_l))
+        adv = np.zeros((T, n))
+        running = np.zeros(n)
+        for s in reversed(range(T)):
+            following = last if s == T - 1 else values[s + 1]
+            following = np.where(fail[s], 0.0, np.where(trunc[s], boot[s], following))
+            delta = rew[s] + cfg['gamma'] * following - values[s]
+            running = delta + cfg['gamma'] * cfg['lam'] * np.where(fail[s] | trunc[s], 0.0,
+                                                                   running)
+            adv[s] = running
+        returns = torch.from_numpy((adv + values).reshape(-1).astype(np.float32))
+        adv_t = torch.from_numpy(adv.reshape(-1).astype(np.float32))
+        adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-8)
+        obs_f = obs.reshape(T * n, -1)
+        act_f = torch.stack(act_l).reshape(T * n, -1)
+        logp_f = torch.stack(logp_l).reshape(-1)
+        train_policy = self.iteration >= int(cfg['value_warmup'])
+        self.model.train()
+        value_losses, policy_losses = [], []
+        for _ in range(int(cfg['epochs'])):
+            order = torch.randperm(T * n, generator=gen)
+            for b in range(0, T * n, int(cfg['minibatch'])):
+                idx = order[b:b + int(cfg['minibatch'])]
+                v_loss = torch.mean((self._values(obs_f[idx]) - returns[idx]) ** 2)
+                self.value_opt.zero_grad(set_to_none=True)
+                v_loss.backward()
+                self.value_opt.step()
+                value_losses.append(float(v_loss.detach()))
+                if not train_policy:
+                    continue
+                mean = self.model(obs_f[idx])[0]
+                ratio = torch.exp(self._log_prob(mean, act_f[idx]) - logp_f[idx])
+                a = adv_t[idx]
+                p_loss = -torch.mean(torch.minimum(
+                    ratio * a, torch.clamp(ratio, 1 - cfg['clip'], 1 + cfg['clip']) * a))
+                self.policy_opt.zero_grad(set_to_none=True)
+                p_loss.backward()
+                torch.nn.utils.clip_grad_norm_(list(self.model.parameters()) + [self.log_std],
+                                               cfg['max_grad_norm'])
+                self.policy_opt.step()
+                policy_losses.append(float(p_loss.detach()))
+        self.model.eval()
+        self.iteration += 1
+        return {'iteration': self.iteration, 'reward': float(rew.mean()),
+                'episodes': len(lengths),
+                'episode_s': float(np.mean(lengths)) * envs.dt if lengths else None,
+                'value_loss': float(np.mean(value_losses)),
+                'policy_loss': float(np.mean(policy_losses)) if policy_losses else None,
+                'std': float(torch.exp(self.log_std.detach()).mean())}
+
+    def state_dict(self) -> dict:
+        snap = self.envs.snapshot()
+        return {'iteration': self.iteration, 'log_std': self.log_std.detach().clone(),
+                'value': self.value.state_dict(), 'policy_opt': self.policy_opt.state_dict(),
+                'value_opt': self.value_opt.state_dict(),
+                'envs': {k: self.torch.from_numpy(v) for k, v in snap.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration = int(state['iteration'])
+        with self.torch.no_grad():
+            self.log_std.copy_(state['log_std'])
+        self.value.load_state_dict(state['value'])
+        self.policy_opt.load_state_dict(state['policy_opt'])
+        self.value_opt.load_state_dict(state['value_opt'])
+        self.envs.restore({k: v.numpy() for k, v in state['envs'].items()})
+
+
+def validate_section(section) -> None:
+    """Checks the 'rl' section of a training configuration (None: no RL stage).
+
+    Raises:
+        ValueError: naming the first unknown or unusable setting.
+    """
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        raise ValueError(f"setting 'rl' should be null or a mapping of settings: got "
+                         f'{section!r}')
+    for key in section:
+        if key not in DEFAULT_RL:
+            raise ValueError(f"unknown training setting '{key}' in 'rl'; known: "
+                             f'{sorted(DEFAULT_RL)}')
+    reward = section.get('reward', {})
+    if not isinstance(reward, dict):
+        raise ValueError(f"setting 'rl.reward' should be a mapping of settings: got {reward!r}")
+    for key in reward:
+        if key not in DEFAULT_RL['reward']:
+            raise ValueError(f"unknown training setting '{key}' in 'rl.reward'; known: "
+                             f"{sorted(DEFAULT_RL['reward'])}")
+    if not isinstance(reward.get('weights', {}), dict):
+        raise ValueError("setting 'rl.reward.weights' should be a mapping of settings: got "
+                         f"{reward['weights']!r}")
+    check_settings(rl_settings({'rl': section}))
+
+
+def unsupported_reason(body) -> str | None:
+    """Why `TrackingEnvs` cannot step `body` (None: it can).
+
+    A position robot needs joint motors without actuator dynamics (its PD law moves into the
+    rollout model's actuators); the rat and effort robots always work.
+    """
+    if getattr(body, 'command_interface', 'effort') != 'position':
+        return None
+    from vrat_ros.controllers import ControllerError
+    from vrat_ros.mpc import pd_rollout_model
+    try:
+        pd_rollout_model(body)
+    except ControllerError as exc:
+        return str(exc).replace("the 'mpc' controller", 'RL fine-tuning')
+    return None

@@ -513,6 +513,20 @@ def test_shipped_quadruped_policy_fits_the_robot():
     # Trained on the shipped training clips only: never on the held-out one.
     files = [c['file'] for c in policy.contract['training']['clips']]
     assert files and all(f.startswith('quadruped_train_') for f in files)
+    # Made by the documented command: the shipped config file on the quadruped's defaults.
+    import json
+    from vrat_ros.cli import _merge
+    from vrat_ros.train import validate_config
+    config = default_config(robot='quadruped')
+    with open(pathlib.Path(__file__).resolve().parents[1] / 'config' /
+              'train_quadruped.json') as f:
+        _merge(config, json.load(f))
+    validate_config(config)
+    used = policy.contract['training']['config']
+    for section in ('expert', 'rl', 'relabel', 'data', 'rounds', 'train', 'model'):
+        assert used[section] == config[section], section
+    assert used['rl']['iterations'] == 1000 and used['relabel']['expert_hindsight']
+    assert policy.reference_frames == 10
 
 
 @pytest.mark.parametrize('section, key, value, message', [

@@ -23,7 +23,8 @@ Why it exists: following the reference joint angles alone (the 'pd' controller) 
 move the trunk where the reference goes, because nothing feeds back the trunk's error; the
 sampled plans do, through contact physics. `vrat train` can learn from it (the opt-in
 `expert` setting, config/train_mpc_expert.json, with its own settings: cold start, fixed
-noise); so far the policies it taught track no better than PD (see vrat_ros/train.py).
+noise). Imitating it alone gave policies no better than PD; its episodes are the start of the
+shipped quadruped policy, which RL fine-tuning then finishes (see vrat_ros/train.py).
 Known shortcomings: only the 'position' interface; the model is the simulation itself
 (perfect, unlike a real robot); a control step costs samples x horizon x substeps physics
 steps (about 60 ms with the defaults on one core for the quadruped), far from real time.

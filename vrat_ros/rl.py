@@ -1,4 +1,4 @@
-"""Reinforcement-learning fine-tuning (PPO) of an imitation policy on a position robot.
+"""Reinforcement-learning fine-tuning (PPO) of an imitation policy.
 
 Imitation alone leaves the quadruped's policy no better than PD: it follows the reference
 joint angles and loses the trunk, because nothing in its data rewards keeping the trunk on
@@ -6,12 +6,13 @@ the reference path (see vrat_ros/train.py). This stage starts from the imitation
 improves it on the tracking task itself, the way the published virtual-rodent work trained
 its controllers, at the small scale a 2-core machine allows:
 
-  * Environments: `envs` copies of the robot, stepped together with `mujoco.rollout` (native
-    code, several threads) on a model whose motors apply the robot's own PD law
-    (`vrat_ros.mpc.pd_rollout_model`, tested equal to `Robot.step`). Each episode starts at a
-    random control step of a random training clip, in the clip's pose and velocity, and ends
-    at the first frame the robot file's "tracked" test fails (as `vrat eval` counts it), at
-    the clip's end or after `max_episode_s`.
+  * Environments: `envs` copies of the body, stepped together with `mujoco.rollout` (native
+    code, several threads). A position robot's targets go to a model whose motors apply its
+    own PD law (`vrat_ros.mpc.pd_rollout_model`); the rat's and an effort robot's action is
+    the motor ctrl itself (both tested equal to stepping the body directly). Each episode
+    starts at a random control step of a random training clip, in the clip's pose and
+    velocity, and ends at the first frame the body's "tracked" test fails (as `vrat eval`
+    counts it), at the clip's end or after `max_episode_s`.
   * Reward per control step, 0 on a failed frame: weights['root'] x exp(-(d / root_m)^2) +
     weights['joints'] x exp(-(mean squared joint error) / joints_rad2) +
     weights['orientation'] x exp(-(angle / orientation_rad)^2), with d the root's distance to
@@ -26,9 +27,10 @@ Every random draw comes from the seed and the iteration number, so a run is dete
 for a seed and a resumed run equals an uninterrupted one (the environments' states are part
 of the checkpoint). The exported policy is the network's mean action.
 
-Known shortcomings: position robots only (an effort robot would need its torque model in the
-rollout; the rat is not a `Robot` here); the reward and PPO settings were tuned on the
-quadruped only; episodes start on the control-step grid of the clips.
+Known shortcomings: the reward and PPO settings were tuned on the quadruped only (the rat's
+root scale should follow its 0.1 m limit: `reward.root_m`); a position robot needs joint
+motors without actuator dynamics (`unsupported_reason`); episodes start on the control-step
+grid of the clips.
 """
 
 from __future__ import annotations
@@ -246,7 +248,7 @@ class TrackingEnvs:
                       | (joint_sq > self.limits['joint_sq_err_rad2']) | (z < lo) | (z > hi))
             r = self.cfg['reward']
             w = r['weights']
-            angle = _angle(np.nan_to_num(q[:, 3:7]) + np.array([1e-12, 0, 0, 0]), ref[:, 3:7])
+            angle = _angle(np.nan_to_num(q[:, 3:7]), ref[:, 3:7])
             reward = (w['root'] * np.exp(-(dist / r['root_m']) ** 2)
                       + w['joints'] * np.exp(-joint_sq / len(self.joints) / r['joints_rad2'])
                       + w['orientation'] * np.exp(-(angle / r['orientation_rad']) ** 2))

@@ -45,29 +45,31 @@ Measured on this project's 2-core machine (shared with other jobs), held-out num
 Robots (`--robot`, vrat_ros.robots): the same steps on a robot's shipped training clips, with
 the robot's own command interface (`RobotActions`: a position robot's actions are targets about
 its standing pose, collected in round 0 by its own PD law) and larger root offsets in the
-relabelled windows (`_robot_overrides`). The shipped quadruped policy is `vrat train --robot
-quadruped`. Known shortcoming: it tracks no better than PD (held-out 0.11 both, training clips
-0.30 both): every controller loses the root within seconds because the body, following the
-reference joints, walks and turns far less than the reference trunk, and data collected
-around PD cannot teach it to walk better. Tried without a clear gain: planted-feet clips, PPO
-fine-tuning (0.35 to 0.39 on 8 s windows) and relabelling with windows from up to 0.5 s later.
+relabelled windows (`_robot_overrides`), then an RL stage (`rl`, vrat_ros/rl.py: PPO on the
+tracking task, 600 iterations). Imitation alone tracks no better than PD on the quadruped
+(held-out 0.11 both): following the reference joints, the body walks and turns far less than
+the reference trunk and loses it within seconds, and data collected around PD cannot teach it
+to walk better. The RL stage rewards keeping the trunk on the reference, and episodes end where
+`vrat eval` stops counting; from the PD-data start it lifts the held-out tracked fraction to
+0.37 (about 15 minutes in all here).
 
-An expert instead of hindsight (`expert`, opt-in: `--config config/train_mpc_expert.json`):
-the sampling MPC of vrat_ros.mpc, which does keep the quadruped's trunk on the reference (4 of
-5 held-out starts tracked to the end), drives round 0 and labels every state of every round
-(DAgger), with a residual-to-reference action (`model.residual`) and a 10-frame window.
-Measured here (2 cores, round 0 unless said; tracked fraction on the training clips' 8 s
-windows / on the held-out clip; PD 0.52 / 0.11):
-  * warm-started MPC labels, 5 frames, 64 + 2 x 64 episodes: 0.65 / 0.16 (809 s);
-  * the same with 200 episodes and 10 frames: 0.64 / 0.13; with the residual action too:
-    0.66 / 0.13, and its first DAgger round fell to 0.58;
-  * cold-started labels (4 iterations from the reference; a policy cannot see the warm start's
-    plan, and without it the 1-iteration MPC tracks only 0.1-0.7 of a 7 s window): 0.55 / 0.11;
-    with the same noise every step (a fixed function of state and reference): 0.55 / 0.12.
-The imitation error stays large (validation loss 0.8-1.3 of the label variance): the MPC's
-command is a sharp, noisy function of the state, which the network averages into a controller
-that loses the root like PD. Not shipped. Next: a recurrent or previous-action input (so the
-policy can hold a plan), or the MPC's own rollouts as a differentiable target.
+The shipped quadruped policy starts from an expert instead (`--config
+config/train_quadruped.json`): the sampling MPC of vrat_ros.mpc, which keeps the trunk on the
+reference (4 of 5 held-out starts tracked to the end), drives 200 round-0 episodes; each step
+gives its own label (the MPC's command for the reference window) and, with
+`relabel.expert_hindsight`, a hindsight example (the states it reached, the command applied),
+on a 10-frame window; then 1000 RL iterations. See README.md, "Training a robot", for the
+numbers and the time.
+
+Expert imitation without RL (the opt-in `expert`, e.g. `config/train_mpc_expert.json` with
+DAgger rounds and a residual action, `model.residual`) did not beat PD. Measured here (2 cores,
+round 0 unless said; tracked fraction on the training clips' 8 s windows / on the held-out
+clip; PD 0.52 / 0.11): warm-started MPC labels, 5 frames, 64 + 2 x 64 episodes: 0.65 / 0.16;
+200 episodes and 10 frames: 0.64 / 0.13, with the residual action 0.66 / 0.13; cold-started
+labels (4 iterations from the reference): 0.55 / 0.11, with fixed noise 0.55 / 0.12. The MPC's
+command is a sharp, noisy function of the state (validation loss 0.8-1.3 of the label
+variance), so imitation averages it into a controller that loses the root like PD; the RL stage
+is what closes that gap.
 See README.md, "Training a robot".
 
 Every episode has its own seed derived from the main seed, its round and its index, so the

@@ -7,6 +7,7 @@ import pytest
 
 from vrat_ros.clip import Clip
 from vrat_ros.controllers import observation_from_state
+from vrat_ros.policy import OnnxPolicy
 from vrat_ros.resources import data_path
 from vrat_ros.rl import DEFAULT_RL
 from vrat_ros.rl import rl_settings
@@ -121,6 +122,11 @@ def test_rl_stage_changes_the_policy_and_resumes_exactly(tmp_path):
     train(config, str(part), resume=True, progress=False, stop_after_rl_iterations=2)
     last = train(config, str(part), resume=True, progress=False)
     assert last['complete'] and last['rl_history'] == full['rl_history']
+    for key in ('n_episodes', 'n_transitions', 'n_examples'):
+        assert last[key] == full[key], key
+    contract = OnnxPolicy(str(tmp_path / 'full' / 'policy.onnx')).contract['training']
+    assert contract['rl_iterations'] == 3
+    assert contract['selected_rl_iteration'] == full['best_rl_iteration']
     for which in ('latest', 'best'):
         a = load_checkpoint(str(tmp_path / 'full' / 'checkpoint.pt'), which=which)[0]
         b = load_checkpoint(str(part / 'checkpoint.pt'), which=which)[0]
@@ -131,10 +137,19 @@ def test_rl_stage_changes_the_policy_and_resumes_exactly(tmp_path):
 @pytest.mark.parametrize('rl, robot, message', [
     ({'iterations': 5, 'gama': 0.9}, 'quadruped', "unknown training setting 'gama' in 'rl'"),
     ({'iterations': -1}, 'quadruped', "'rl.iterations' should be an integer >= 0"),
+    ({'iterations': 10 ** 30}, 'quadruped', "'rl.iterations' should be an integer >= 0 and"),
     ({'lr': 0}, 'quadruped', "'rl.lr' should be a number > 0"),
-    ({'gamma': 1.5}, 'quadruped', "'rl.gamma' should be at most 1"),
+    ({'gamma': 1.5}, 'quadruped', "'rl.gamma' should be a number > 0 and <= 1"),
+    ({'init_std': 1e-50}, 'quadruped', "'rl.init_std' should be a number >= 0.0001"),
+    ({'max_episode_s': 1e-9}, 'quadruped', "'rl.max_episode_s' should be a number >= 0.1"),
+    ({'envs': 1, 'steps_per_iteration': 1}, 'quadruped', "should give 2 to 1048576 samples"),
+    ({'envs': 4096, 'steps_per_iteration': 10 ** 5}, 'quadruped', 'should give 2 to'),
+    ({'iterations': 5, 'value_warmup': 5}, 'quadruped', "'rl.value_warmup' (5) should be below"),
     ({'reward': {'weights': {'trunk': 1.0}}}, 'quadruped', "'rl.reward.weights' should have"),
+    ({'reward': {'weights': {'root': 0, 'joints': 0, 'orientation': 0}}}, 'quadruped',
+     'at least one term a weight > 0'),
     ({'value_hidden': []}, 'quadruped', "'rl.value_hidden' should be a list"),
+    ({'value_hidden': [10 ** 23]}, 'quadruped', "'rl.value_hidden' should be a list"),
     ('many', 'quadruped', "setting 'rl' should be null or a mapping"),
 ])
 def test_rl_settings_are_checked(rl, robot, message):
@@ -189,3 +204,34 @@ def test_robots_rl_cannot_drive_get_no_rl_stage_by_default(tmp_path):
     assert default_config(robot='quadruped')['rl'] == {'iterations': 600}
     (tmp_path / 'effort').mkdir()
     assert unsupported_reason(Robot(write_toy(tmp_path / 'effort'))) is None
+
+
+def test_a_config_file_sets_any_rl_setting_over_a_robots_default(tmp_path, capsys):
+    # The quadruped's default 'rl' names only its iterations; a --config file may still set
+    # every setting of DEFAULT_RL (and the reward's), which the CLI merges in.
+    import json
+    from vrat_ros.cli import _merge
+    config = default_config(robot='quadruped')
+    _merge(config, {'rl': {'envs': 32, 'reward': {'root_m': 0.1}}})
+    assert config['rl'] == {'iterations': 600, 'envs': 32, 'reward': {'root_m': 0.1}}
+    validate_config(config)
+    assert rl_settings(config)['reward']['weights'] == DEFAULT_RL['reward']['weights']
+    path = tmp_path / 'c.json'
+    path.write_text(json.dumps({'rl': {'envs': 0}}))
+    from vrat_ros.cli import main
+    assert main(['train', '--robot', 'quadruped', '--config', str(path),
+                 '--out', str(tmp_path / 'run')]) != 0
+    assert "'rl.envs' should be an integer >= 1" in capsys.readouterr().err
+
+
+def test_diverging_ppo_stops_with_a_clear_error():
+    from vrat_ros.rl import PPOFineTuner
+    from vrat_ros.rl import RLDivergedError
+    from vrat_ros.train import make_model
+    robot, clips, envs = _envs(n=2, steps_per_iteration=4, value_warmup=0)
+    model = make_model(envs.observe().shape[1], robot.nu, default_config()['model'])
+    with torch.no_grad():
+        model.head.bias.fill_(float('nan'))
+    tuner = PPOFineTuner(model, envs, envs.cfg, seed=0)
+    with pytest.raises(RLDivergedError, match='diverged at iteration 1: the policy gave'):
+        tuner.iterate()

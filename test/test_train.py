@@ -526,6 +526,8 @@ def test_shipped_quadruped_policy_fits_the_robot():
     for section in ('expert', 'rl', 'relabel', 'data', 'rounds', 'train', 'model'):
         assert used[section] == config[section], section
     assert used['rl']['iterations'] == 1000 and used['relabel']['expert_hindsight']
+    training = policy.contract['training']
+    assert training['rl_iterations'] == 1000 and training['selected_rl_iteration'] == 800
     assert policy.reference_frames == 10
 
 

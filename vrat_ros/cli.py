@@ -339,7 +339,15 @@ def _merge(base: dict, update: dict, prefix: str = '') -> None:
         name = f'{prefix}.{key}' if prefix else key
         if key not in base:
             raise ValueError(f"unknown training setting '{name}'; known: {sorted(base)}")
-        if name == 'rounds.data' and isinstance(value, dict):
+        if name == 'rl' and isinstance(value, dict) and isinstance(base[key], dict):
+            # A default 'rl' section names only what differs from vrat_ros.rl.DEFAULT_RL;
+            # a file may set any of those settings (validate_config checks them).
+            merged = {**base[key], **value}
+            rewards = (base[key].get('reward'), value.get('reward'))
+            if all(isinstance(r, dict) for r in rewards):
+                merged['reward'] = {**rewards[0], **rewards[1]}
+            base[key] = merged
+        elif name == 'rounds.data' and isinstance(value, dict):
             base[key].update(value)
         elif isinstance(base[key], dict) and isinstance(value, dict):
             _merge(base[key], value, name)

@@ -49,6 +49,10 @@ def _training_block(ckpt: dict) -> dict:
         'data': dict(ckpt.get('data', {})),
         'selected_step': None if best is None else int(best['step']),
         'selected_by': 'closed-loop tracking on the training clip(s)',
+        # RL fine-tuning (vrat_ros.rl): iterations run, and the one whose weights were kept
+        # (None: the imitation weights were kept).
+        'rl_iterations': int((ckpt.get('rl') or {}).get('iteration', 0)),
+        'selected_rl_iteration': None if best is None else best.get('rl_iteration'),
         'config': {**config, 'clips': [c['file'] for c in clips]},
     }
 

@@ -40,6 +40,7 @@ from mujoco import rollout as mj_rollout
 import numpy as np
 
 from vrat_ros.clip import Clip
+from vrat_ros.errors import VratError
 from vrat_ros.kinematics import quat_conj
 from vrat_ros.kinematics import quat_mul
 from vrat_ros.tracking import forward_positions
@@ -82,44 +83,75 @@ def rl_settings(config: dict) -> dict:
     return out
 
 
+# Upper bounds of the count settings: beyond them a run cannot fit this kind of machine.
+_MAX_COUNTS = {'iterations': 10 ** 6, 'envs': 4096, 'steps_per_iteration': 10 ** 5,
+               'epochs': 1000, 'minibatch': 10 ** 6, 'threads': 256, 'eval_every': 10 ** 6,
+               'checkpoint_every': 10 ** 6, 'log_every': 10 ** 6, 'value_warmup': 10 ** 6}
+# At most this many samples (envs x steps_per_iteration) per iteration, and this layer size.
+_MAX_SAMPLES = 2 ** 20
+_MAX_LAYER = 4096
+
+
+def _number(name: str, value, integer: bool = False, low: float = 0.0,
+            low_inclusive: bool = False, high: float | None = None) -> None:
+    """Refuses `value` unless it is a finite number (an int if `integer`) within bounds."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        try:
+            x = float(value)
+        except OverflowError:
+            ok = False
+        else:
+            ok = bool(np.isfinite(x)) and (not integer or x == int(value))
+            ok = ok and (x >= low if low_inclusive else x > low)
+            ok = ok and (high is None or x <= high)
+    if not ok:
+        kind = 'an integer' if integer else 'a number'
+        span = f"{'>=' if low_inclusive else '>'} {low:g}"
+        if high is not None:
+            span += f' and <= {high:g}'
+        raise ValueError(f"setting 'rl.{name}' should be {kind} {span}: got {value!r}")
+
+
 def check_settings(cfg: dict) -> None:
     """Raises ValueError naming the first unusable 'rl' setting."""
-    def positive(name, value, integer=False, allow_zero=False):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-        if integer:
-            ok = ok and float(value) == int(value)
-        ok = ok and (value >= 0 if allow_zero else value > 0)
-        if not ok:
-            kind = 'an integer' if integer else 'a number'
-            bound = '>= 0' if allow_zero else '> 0'
-            raise ValueError(f"setting 'rl.{name}' should be {kind} {bound}: got {value!r}")
-    positive('iterations', cfg['iterations'], integer=True, allow_zero=True)
-    for name in ('envs', 'steps_per_iteration', 'epochs', 'minibatch', 'threads',
-                 'eval_every', 'checkpoint_every', 'log_every'):
-        positive(name, cfg[name], integer=True)
-    positive('value_warmup', cfg['value_warmup'], integer=True, allow_zero=True)
-    for name in ('lr', 'value_lr', 'init_std', 'max_grad_norm', 'max_episode_s'):
-        positive(name, cfg[name])
+    for name, high in _MAX_COUNTS.items():
+        zero_ok = name in ('iterations', 'value_warmup')
+        _number(name, cfg[name], integer=True, low=0 if zero_ok else 1, low_inclusive=True,
+                high=high)
+    for name, high in (('lr', 1.0), ('value_lr', 1.0), ('max_grad_norm', None)):
+        _number(name, cfg[name], high=high)
+    _number('init_std', cfg['init_std'], low=1e-4, low_inclusive=True, high=1.0)
+    _number('max_episode_s', cfg['max_episode_s'], low=0.1, low_inclusive=True, high=3600.0)
     for name in ('gamma', 'lam', 'clip'):
-        positive(name, cfg[name])
-        if cfg[name] > 1:
-            raise ValueError(f"setting 'rl.{name}' should be at most 1: got {cfg[name]!r}")
-    if cfg['envs'] > 4096 or cfg['threads'] > 256:
-        raise ValueError("settings 'rl.envs' (<= 4096) and 'rl.threads' (<= 256) are too large")
+        _number(name, cfg[name], high=1.0)
+    samples = cfg['envs'] * cfg['steps_per_iteration']
+    if not 2 <= samples <= _MAX_SAMPLES:
+        raise ValueError(f"settings 'rl.envs' x 'rl.steps_per_iteration' should give 2 to "
+                         f'{_MAX_SAMPLES} samples per iteration: got {cfg["envs"]} x '
+                         f'{cfg["steps_per_iteration"]}')
+    if 0 < cfg['iterations'] <= cfg['value_warmup']:
+        raise ValueError(f"setting 'rl.value_warmup' ({cfg['value_warmup']}) should be below "
+                         f"'rl.iterations' ({cfg['iterations']}): the policy would never be "
+                         'trained')
     hidden = cfg['value_hidden']
-    if not (isinstance(hidden, list) and hidden
-            and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden)):
-        raise ValueError(f"setting 'rl.value_hidden' should be a list of positive integers: "
-                         f'got {hidden!r}')
+    if not (isinstance(hidden, list) and 1 <= len(hidden) <= 8
+            and all(isinstance(h, int) and not isinstance(h, bool) and 0 < h <= _MAX_LAYER
+                    for h in hidden)):
+        raise ValueError(f"setting 'rl.value_hidden' should be a list of 1 to 8 layer sizes "
+                         f'from 1 to {_MAX_LAYER}: got {hidden!r}')
     reward = cfg['reward']
     for name in ('root_m', 'joints_rad2', 'orientation_rad'):
-        positive(f'reward.{name}', reward[name])
+        _number(f'reward.{name}', reward[name])
     weights = reward['weights']
     if set(weights) != {'root', 'joints', 'orientation'}:
         raise ValueError("setting 'rl.reward.weights' should have exactly the keys root, "
                          f'joints and orientation: got {sorted(weights)}')
     for name, value in weights.items():
-        positive(f'reward.weights.{name}', value, allow_zero=True)
+        _number(f'reward.weights.{name}', value, low_inclusive=True)
+    if not any(float(v) > 0 for v in weights.values()):
+        raise ValueError("setting 'rl.reward.weights' should give at least one term a weight "
+                         '> 0: with all at 0 the reward is always 0')
 
 
 def _angle(q1: np.ndarray, q2: np.ndarray) -> np.ndarray:
@@ -128,8 +160,16 @@ def _angle(q1: np.ndarray, q2: np.ndarray) -> np.ndarray:
     return 2.0 * np.arccos(np.minimum(1.0, np.abs(rel[:, 0])))
 
 
+class RLDivergedError(VratError):
+    """PPO produced non-finite numbers; the last checkpoint still holds finite weights."""
+
+    def __init__(self, what: str):
+        super().__init__(f'RL fine-tuning diverged at {what}; train again with a lower rl.lr '
+                         'or rl.value_lr')
+
+
 class TrackingEnvs:
-    """`envs` copies of a position robot tracking clips, stepped together.
+    """`envs` copies of a body (the rat or a robot) tracking clips, stepped together.
 
     State per environment: the MuJoCo state, which clip, the control step in it and the
     steps since the episode began. `observe` gives the policy's observations (the same
@@ -189,7 +229,11 @@ class TrackingEnvs:
     # -- episode starts ----------------------------------------------------------------------
 
     def reset(self, which: np.ndarray, rng: np.random.Generator) -> None:
-        """Starts new episodes in environments `which` at random clip steps."""
+        """Starts new episodes in environments `which` at random clip steps.
+
+        A start is at least 25 control steps (or half the clip) before the clip's end, so
+        that every episode has some reference to track.
+        """
         for i in np.asarray(which, dtype=np.int64):
             c = int(rng.integers(len(self.lengths)))
             last = max(1, int(self.lengths[c]) - 1 - min(25, int(self.lengths[c]) // 2))
@@ -306,7 +350,11 @@ class PPOFineTuner:
         return (-0.5 * ((action - mean) / std) ** 2 - self.log_std).sum(-1)
 
     def iterate(self) -> dict:
-        """One PPO iteration; returns its statistics."""
+        """One PPO iteration; returns its statistics.
+
+        'episode_s' is the mean length of the episodes that ended during the iteration, so
+        it under-weights long episodes (most of them are still running at its end).
+        """
         torch = self.torch
         cfg, envs = self.cfg, self.envs
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence(
@@ -322,6 +370,9 @@ class PPOFineTuner:
                 mean = self.model(obs)[0]
                 noise = torch.randn(mean.shape, generator=gen)
                 action = mean + torch.exp(self.log_std) * noise
+                if not bool(torch.all(torch.isfinite(action))):
+                    raise RLDivergedError(f'iteration {self.iteration + 1}: the policy gave '
+                                          'non-finite actions')
                 reward, failed, truncated = envs.step(action.numpy().astype(np.float64))
                 boot = np.zeros(n)
                 if np.any(truncated):
@@ -369,6 +420,9 @@ class PPOFineTuner:
                 v_loss.backward()
                 self.value_opt.step()
                 value_losses.append(float(v_loss.detach()))
+                if not np.isfinite(value_losses[-1]):
+                    raise RLDivergedError(f'iteration {self.iteration + 1}: a non-finite '
+                                          'value loss')
                 if not train_policy:
                     continue
                 mean = self.model(obs_f[idx])[0]
@@ -382,6 +436,10 @@ class PPOFineTuner:
                                                cfg['max_grad_norm'])
                 self.policy_opt.step()
                 policy_losses.append(float(p_loss.detach()))
+                if not (np.isfinite(policy_losses[-1])
+                        and bool(torch.all(torch.isfinite(self.log_std)))):
+                    raise RLDivergedError(f'iteration {self.iteration + 1}: a non-finite '
+                                          'loss or noise level')
         self.model.eval()
         self.iteration += 1
         return {'iteration': self.iteration, 'reward': float(rew.mean()),

@@ -1592,9 +1592,13 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
         if _json_ready(resumed['config']) != _json_ready(config):
             diff = sorted(k for k in set(config) | set(resumed['config'])
                           if config.get(k) != resumed['config'].get(k))
+            hint = ''
+            if 'rl' in diff and resumed['config'].get('rl') is None:
+                hint = ('; a run from before the RL stage existed resumes with "rl": null '
+                        'in --config')
             raise ValueError(
                 f'config differs from the checkpoint in {ckpt_path} (sections {diff}); '
-                'resume needs the same configuration')
+                f'resume needs the same configuration{hint}')
 
     body = make_body(config)
     clips = [Clip.load(p).reorder_to(body.hinge_names) for p in config['clips']]
@@ -1785,8 +1789,9 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
                 if it % int(rl_cfg['log_every']) == 0 or it == rl_total:
                     rl_run['history'].append(stats)
                     if rl_bar is not None:
+                        ended = stats['episode_s']
                         rl_bar.set_postfix(reward=f"{stats['reward']:.3f}",
-                                           episode_s=f"{stats['episode_s'] or 0:.2f}")
+                                           episode_s='-' if ended is None else f'{ended:.2f}')
                 if it % int(rl_cfg['eval_every']) == 0 or it == rl_total:
                     timings['rl_s'] += time.perf_counter() - t0
                     run_eval(step, rl_iteration=it)
@@ -1811,16 +1816,18 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
             bar = tqdm(total=total, initial=step, desc='training', unit='step')
         model.train()
         for r, phase in enumerate(phases):
-            if step >= stop:
-                break
             if r > 0:
+                # A round not begun (an interruption at its start stops here) adds no data;
+                # one begun, or done before a resume, adds its data again (from its file).
+                if step < phase[0] or (step == phase[0] and step >= stop):
+                    break
                 # The best policy so far collects this round's data.
                 if str(r) not in collectors:
                     source = best['model'] if best is not None else model.state_dict()
                     collectors[str(r)] = {k: v.detach().clone() for k, v in source.items()}
                 round_data(r, collectors[str(r)])
                 load_tensors()
-            if step >= phase[1]:
+            if step >= min(phase[1], stop):
                 continue
             t_train = time.perf_counter()
             x_train, y_train = tensors['x_train'], tensors['y_train']

@@ -149,6 +149,7 @@ def test_rl_stage_changes_the_policy_and_resumes_exactly(tmp_path):
     ({'reward': {'weights': {'root': 0, 'joints': 0, 'orientation': 0}}}, 'quadruped',
      'at least one term a weight > 0'),
     ({'value_hidden': []}, 'quadruped', "'rl.value_hidden' should be a list"),
+    ({'init_std_of_labels': 0}, 'rat', "'rl.init_std_of_labels' should be a number >= 0.001"),
     ({'value_hidden': [10 ** 23]}, 'quadruped', "'rl.value_hidden' should be a list"),
     ('many', 'quadruped', "setting 'rl' should be null or a mapping"),
 ])
@@ -235,3 +236,17 @@ def test_diverging_ppo_stops_with_a_clear_error():
     tuner = PPOFineTuner(model, envs, envs.cfg, seed=0)
     with pytest.raises(RLDivergedError, match='diverged at iteration 1: the policy gave'):
         tuner.iterate()
+
+
+def test_noise_can_follow_each_actuators_label_spread():
+    from vrat_ros.rl import PPOFineTuner
+    from vrat_ros.train import make_model
+    robot, clips, envs = _envs(n=2, init_std_of_labels=0.5)
+    model = make_model(envs.observe().shape[1], robot.nu, default_config()['model'])
+    with torch.no_grad():
+        model.act_std.copy_(torch.linspace(0.01, 0.2, robot.nu))
+    tuner = PPOFineTuner(model, envs, envs.cfg, seed=0)
+    np.testing.assert_allclose(torch.exp(tuner.log_std).detach().numpy(),
+                               0.5 * np.linspace(0.01, 0.2, robot.nu), rtol=1e-5)
+    plain = PPOFineTuner(model, _envs(n=2)[2], rl_settings({'rl': {'envs': 2}}), seed=0)
+    np.testing.assert_allclose(torch.exp(plain.log_std).detach().numpy(), 0.05, rtol=1e-5)

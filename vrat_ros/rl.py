@@ -59,6 +59,11 @@ DEFAULT_RL = {
     'value_hidden': [256, 256],
     'value_warmup': 10,           # iterations that train only the value network
     'init_std': 0.05,             # initial action noise (action units: 1 = the full range)
+    # Or, when set, each actuator's initial noise as this share of its imitation labels'
+    # standard deviation: the rat's spine motors use a few percent of their range, so 0.05
+    # of the range drowns their commands (measured: the rat's tracking fell; 0.3 of the
+    # label std did not harm it).
+    'init_std_of_labels': None,
     'gamma': 0.98,
     'lam': 0.95,
     'clip': 0.2,
@@ -122,6 +127,9 @@ def check_settings(cfg: dict) -> None:
     for name, high in (('lr', 1.0), ('value_lr', 1.0), ('max_grad_norm', None)):
         _number(name, cfg[name], high=high)
     _number('init_std', cfg['init_std'], low=1e-4, low_inclusive=True, high=1.0)
+    if cfg['init_std_of_labels'] is not None:
+        _number('init_std_of_labels', cfg['init_std_of_labels'], low=1e-3, low_inclusive=True,
+                high=10.0)
     _number('max_episode_s', cfg['max_episode_s'], low=0.1, low_inclusive=True, high=3600.0)
     for name in ('gamma', 'lam', 'clip'):
         _number(name, cfg[name], high=1.0)
@@ -329,7 +337,11 @@ class PPOFineTuner:
         nu = int(model.act_mean.numel())
         obs_size = int(model.obs_mean.numel())
         torch.manual_seed(self.seed + 7919)
-        self.log_std = torch.nn.Parameter(torch.full((nu,), float(np.log(cfg['init_std']))))
+        if cfg['init_std_of_labels'] is None:
+            std = torch.full((nu,), float(cfg['init_std']))
+        else:
+            std = float(cfg['init_std_of_labels']) * model.act_std.detach().clamp_min(1e-4)
+        self.log_std = torch.nn.Parameter(torch.log(std).float())
         sizes = [obs_size] + list(cfg['value_hidden'])
         layers = []
         for a, b in zip(sizes[:-1], sizes[1:]):

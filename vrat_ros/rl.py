@@ -336,7 +336,6 @@ class PPOFineTuner:
         self.iteration = 0
         nu = int(model.act_mean.numel())
         obs_size = int(model.obs_mean.numel())
-        torch.manual_seed(self.seed + 7919)
         if cfg['init_std_of_labels'] is None:
             std = torch.full((nu,), float(cfg['init_std']))
         else:
@@ -344,9 +343,11 @@ class PPOFineTuner:
         self.log_std = torch.nn.Parameter(torch.log(std).float())
         sizes = [obs_size] + list(cfg['value_hidden'])
         layers = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [torch.nn.Linear(a, b), torch.nn.ELU()]
-        self.value = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], 1))
+        with torch.random.fork_rng():  # the critic's initial weights, leaving torch's seed be
+            torch.manual_seed(self.seed + 7919)
+            for a, b in zip(sizes[:-1], sizes[1:]):
+                layers += [torch.nn.Linear(a, b), torch.nn.ELU()]
+            self.value = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], 1))
         self.policy_opt = torch.optim.Adam(list(model.parameters()) + [self.log_std],
                                            lr=cfg['lr'])
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg['value_lr'])

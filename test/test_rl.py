@@ -250,3 +250,23 @@ def test_noise_can_follow_each_actuators_label_spread():
                                0.5 * np.linspace(0.01, 0.2, robot.nu), rtol=1e-5)
     plain = PPOFineTuner(model, _envs(n=2)[2], rl_settings({'rl': {'envs': 2}}), seed=0)
     np.testing.assert_allclose(torch.exp(plain.log_std).detach().numpy(), 0.05, rtol=1e-5)
+
+
+def test_smoothness_term_rewards_unchanged_actions():
+    only_smooth = {'weights': {'root': 0.0, 'joints': 0.0, 'orientation': 0.0, 'smooth': 1.0}}
+    robot, clips, envs = _envs(n=2, reward=only_smooth)
+    envs.reset(np.arange(2), np.random.default_rng(0))
+    actions = RobotActions(robot)
+    a = actions.action_of(envs.ref_q[envs.clip, envs.t + 1][:, robot.actuator_qposadr])
+    reward, failed, _ = envs.step(a)          # no previous action: full reward
+    np.testing.assert_allclose(reward, 1.0)
+    b = a.copy()
+    b[1] += 0.1                               # mean squared change 0.01 = smooth_action
+    reward, failed, _ = envs.step(b)
+    assert not failed.any()
+    np.testing.assert_allclose(reward, [1.0, np.exp(-1.0)], rtol=1e-9)
+    # A resumed run keeps the last actions (exact resume with the term on).
+    snap = envs.snapshot()
+    envs.has_prev[:] = False
+    envs.restore(snap)
+    assert envs.has_prev.all() and np.array_equal(envs.prev, b)

@@ -15,8 +15,10 @@ its controllers, at the small scale a 2-core machine allows:
     counts it), at the clip's end or after `max_episode_s`.
   * Reward per control step, 0 on a failed frame: weights['root'] x exp(-(d / root_m)^2) +
     weights['joints'] x exp(-(mean squared joint error) / joints_rad2) +
-    weights['orientation'] x exp(-(angle / orientation_rad)^2), with d the root's distance to
-    the reference root and angle the trunk's rotation away from the reference's.
+    weights['orientation'] x exp(-(angle / orientation_rad)^2) + weights['smooth'] x
+    exp(-(mean squared action change since the last step) / smooth_action), with d the root's
+    distance to the reference root and angle the trunk's rotation away from the reference's
+    (the smoothness term is off by default: weight 0).
   * PPO: the policy's action is the network's output plus Gaussian noise (a learned standard
     deviation per actuator, starting at `init_std`); a separate value network (on the same
     normalised observation) is trained alone for `value_warmup` iterations first, so the
@@ -69,8 +71,9 @@ DEFAULT_RL = {
     'clip': 0.2,
     'max_grad_norm': 1.0,
     'max_episode_s': 6.0,
-    'reward': {'weights': {'root': 0.5, 'joints': 0.3, 'orientation': 0.2},
-               'root_m': 0.25, 'joints_rad2': 0.05, 'orientation_rad': 0.5},
+    'reward': {'weights': {'root': 0.5, 'joints': 0.3, 'orientation': 0.2, 'smooth': 0.0},
+               'root_m': 0.25, 'joints_rad2': 0.05, 'orientation_rad': 0.5,
+               'smooth_action': 0.01},
     'threads': 2,                 # rollout threads
     'eval_every': 100,            # closed-loop evaluation period in iterations
     'checkpoint_every': 25,
@@ -149,12 +152,12 @@ def check_settings(cfg: dict) -> None:
         raise ValueError(f"setting 'rl.value_hidden' should be a list of 1 to 8 layer sizes "
                          f'from 1 to {_MAX_LAYER}: got {hidden!r}')
     reward = cfg['reward']
-    for name in ('root_m', 'joints_rad2', 'orientation_rad'):
+    for name in ('root_m', 'joints_rad2', 'orientation_rad', 'smooth_action'):
         _number(f'reward.{name}', reward[name])
     weights = reward['weights']
-    if set(weights) != {'root', 'joints', 'orientation'}:
-        raise ValueError("setting 'rl.reward.weights' should have exactly the keys root, "
-                         f'joints and orientation: got {sorted(weights)}')
+    if set(weights) != set(DEFAULT_RL['reward']['weights']):
+        raise ValueError("setting 'rl.reward.weights' should have exactly the keys "
+                         f"{sorted(DEFAULT_RL['reward']['weights'])}: got {sorted(weights)}")
     for name, value in weights.items():
         _number(f'reward.weights.{name}', value, low_inclusive=True)
     if not any(float(v) > 0 for v in weights.values()):
@@ -233,6 +236,9 @@ class TrackingEnvs:
         self.clip = np.zeros(self.n, dtype=np.int64)
         self.t = np.zeros(self.n, dtype=np.int64)
         self.age = np.zeros(self.n, dtype=np.int64)
+        # The last action of each episode (for the smoothness term); none at its start.
+        self.prev = np.zeros((self.n, robot.nu))
+        self.has_prev = np.zeros(self.n, dtype=bool)
 
     # -- episode starts ----------------------------------------------------------------------
 
@@ -246,6 +252,7 @@ class TrackingEnvs:
             c = int(rng.integers(len(self.lengths)))
             last = max(1, int(self.lengths[c]) - 1 - min(25, int(self.lengths[c]) // 2))
             self.clip[i], self.t[i], self.age[i] = c, int(rng.integers(0, last)), 0
+            self.has_prev[i] = False
             d = self._scratch
             mujoco.mj_resetData(self.model, d)
             d.qpos[:] = self.ref_q[c, self.t[i]]
@@ -281,6 +288,8 @@ class TrackingEnvs:
             truncated (envs,) bool (tracked, but the episode ends: clip end or max length).
         """
         command = np.clip(actions, -1.0, 1.0)
+        change = np.where(self.has_prev, np.mean((command - self.prev) ** 2, axis=1), 0.0)
+        self.prev, self.has_prev = command.copy(), np.ones(self.n, dtype=bool)
         if self.actions is not None:
             command = self.actions.command(command)
         control = np.repeat(command[:, None, :], self.substeps, axis=1)
@@ -303,7 +312,8 @@ class TrackingEnvs:
             angle = _angle(np.nan_to_num(q[:, 3:7]), ref[:, 3:7])
             reward = (w['root'] * np.exp(-(dist / r['root_m']) ** 2)
                       + w['joints'] * np.exp(-joint_sq / len(self.joints) / r['joints_rad2'])
-                      + w['orientation'] * np.exp(-(angle / r['orientation_rad']) ** 2))
+                      + w['orientation'] * np.exp(-(angle / r['orientation_rad']) ** 2)
+                      + w['smooth'] * np.exp(-change / r['smooth_action']))
         reward = np.where(failed, 0.0, np.nan_to_num(reward))
         truncated = ~failed & ((self.age >= self.max_age)
                                | (self.t >= self.lengths[self.clip] - 1))
@@ -311,12 +321,16 @@ class TrackingEnvs:
 
     def snapshot(self) -> dict:
         return {'state': self.state.copy(), 'clip': self.clip.copy(), 't': self.t.copy(),
-                'age': self.age.copy()}
+                'age': self.age.copy(), 'prev': self.prev.copy(),
+                'has_prev': self.has_prev.copy()}
 
     def restore(self, snap: dict) -> None:
         self.state = np.asarray(snap['state'], dtype=np.float64).reshape(self.n, self.nstate)
         for name in ('clip', 't', 'age'):
             setattr(self, name, np.asarray(snap[name], dtype=np.int64).reshape(self.n))
+        if 'prev' in snap:  # checkpoints from before the smoothness term start afresh
+            self.prev = np.asarray(snap['prev'], dtype=np.float64).reshape(self.n, -1)
+            self.has_prev = np.asarray(snap['has_prev'], dtype=bool).reshape(self.n)
 
 
 class PPOFineTuner:

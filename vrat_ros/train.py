@@ -46,9 +46,8 @@ Measured on this project's 2-core machine (shared with other jobs), held-out num
     (8 s eval windows): with noise 0.3 x each actuator's label std (`init_std_of_labels`)
     the held-out tracked fraction went 0.29 -> 0.30, 0.32, 0.33, 0.36, 0.34 after 50, 100,
     150, 200, 250 iterations (about 2.5 s each; PD 0.30), training windows 0.47 -> 0.51;
-    with the quadruped's
-    flat 0.05 of the range the training windows fell to 0.24 in 300 iterations (the noise
-    drowns the spine motors' small commands). Slow gains; not shipped.
+    with the quadruped's flat 0.05 of the range the training windows fell to 0.24 in 300
+    iterations (the noise drowns the spine motors' small commands). Slow gains; not shipped.
 
 Robots (`--robot`, vrat_ros.robots): the same steps on a robot's shipped training clips, with
 the robot's own command interface (`RobotActions`: a position robot's actions are targets about

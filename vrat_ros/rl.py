@@ -365,7 +365,6 @@ class PPOFineTuner:
         self.policy_opt = torch.optim.Adam(list(model.parameters()) + [self.log_std],
                                            lr=cfg['lr'])
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg['value_lr'])
-        self.stats = {'episodes': 0, 'episode_steps': [], 'reward': []}
         envs.reset(np.arange(envs.n), np.random.default_rng([self.seed, 71, 0]))
 
     def _values(self, obs):

@@ -279,3 +279,11 @@ def test_vrat_urdf_writes_a_robot_and_refuses_an_unknown_one(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "robot 'hexapod' is neither a robot file" in err and 'Traceback' not in err
     assert not (tmp_path / 'h.urdf').exists()
+
+
+def test_rounding_noise_is_written_as_zero():
+    # The same rpy angle came out as 3.9e-16 on one machine and 4.4e-16 on another, so the
+    # committed URDF differed from a fresh one; such noise is written as 0.
+    from vrat_ros.urdf_export import _num
+    assert _num(3.885780586e-16) == '0' and _num(-4.440892099e-16) == '0'
+    assert _num(1.570796327) == '1.570796327' and _num(2.5e-9) == '2.5e-09'

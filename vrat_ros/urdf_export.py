@@ -49,7 +49,13 @@ _ICOSPHERE_SUBDIVISIONS = 2
 
 
 def _num(x: float) -> str:
-    """Formats a float for the URDF: a fixed number of significant digits, no '-0'."""
+    """Formats a float for the URDF: a fixed number of significant digits, no '-0'.
+
+    Values under _ZERO_TOL are written as 0: they are rounding noise (e.g. 3.9e-16 on one
+    machine, 4.4e-16 on another for the same angle) and would make the file machine-bound.
+    """
+    if abs(float(x)) < _ZERO_TOL:
+        return '0'
     text = f'{float(x):.{_DIGITS}g}'
     return '0' if text in ('-0', '0', '-0.0') else text
 

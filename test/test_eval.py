@@ -98,6 +98,29 @@ def test_one_episode_on_a_real_held_out_clip():
     assert 0.0 < m['body_pos_error_mm'] < 100.0
 
 
+def test_stopping_at_the_first_failure_changes_no_number():
+    # `vrat eval` stops each episode at its first untracked frame; scored on its tracked
+    # part, a run to the clip end gives the same numbers (PD loses the rear at frame 31 of
+    # 232 from its start).
+    from vrat_ros.controllers import PDController
+    from vrat_ros.evaluate import episode_metrics
+    from vrat_ros.rat_model import RatBody
+    from vrat_ros.rollout import run_inline
+    body = RatBody()
+    clip = Clip.load(resources.resolve_clip_path('rat7m_rear_2460_2600'))
+    scores = []
+    for stop in (False, True):
+        run = run_inline(body, clip, PDController(), stop_on_failure=stop)
+        scores.append((len(run.qpos), episode_metrics(body, run.qpos, run.ref_qpos,
+                                                      run.torques, run.n_steps_planned + 1)))
+    (n_full, full), (n_stopped, stopped) = scores
+    assert n_full == 232 and n_stopped == full['first_failure_frame'] + 1
+    assert full['first_failure_frame'] == 31 and full['failure_reason'] == 'torso_height'
+    np.testing.assert_equal({k: v for k, v in stopped.items() if k != 'body_error_mm'},
+                            {k: v for k, v in full.items() if k != 'body_error_mm'})
+    np.testing.assert_array_equal(stopped['body_error_mm'], full['body_error_mm'])
+
+
 @pytest.fixture(scope='module')
 def two_reports(tmp_path_factory, synthetic_clip_path, tiny_policy_path):
     """The same evaluation with 1 and 2 workers: (folder, [report_1, report_2])."""

@@ -20,6 +20,7 @@ from vrat_ros.clip import Clip
 from vrat_ros.controllers import Controller
 from vrat_ros.rat_model import RatBody
 from vrat_ros.robots import Robot
+from vrat_ros.tracking import frame_failure
 from vrat_ros.tracking import tracking_metrics
 
 
@@ -108,6 +109,7 @@ def run_inline(
     start_time_s: float = 0.0,
     control_rate_hz: float | None = None,
     progress: bool = False,
+    stop_on_failure: bool = False,
 ) -> RolloutResult:
     """Runs `controller` on `body` along `clip` and scores the result.
 
@@ -127,6 +129,11 @@ def run_inline(
         control_rate_hz: control rate; the physics timestep must divide its period. None:
             the body's (`default_control_rate_hz`: 50 Hz for the rat).
         progress: show a tqdm bar.
+        stop_on_failure: end the run at the first state that is not tracked (kept as the
+            last frame). The metrics' tracked fraction and first failure stay those of the
+            full run (they count the frames asked for); the errors then average over the
+            frames up to the failure only. `vrat eval`, which scores the tracked frames
+            alone, uses it to skip work whose result it throws away.
 
     Returns:
         The `RolloutResult`.
@@ -184,6 +191,9 @@ def run_inline(
             diverged_at = k
             break
         qpos.append(body.data.qpos.copy())
+        if stop_on_failure and frame_failure(body, qpos[-1],
+                                             clip.sample(start_time_s + (k + 1) * dt)):
+            break
     wall = time.perf_counter() - start
 
     qpos = np.array(qpos)

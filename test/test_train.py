@@ -478,7 +478,8 @@ def robot_training_clip():
 
 
 @pytest.mark.parametrize('robot, expert, message', [
-    ('rat', {'kind': 'mpc', 'mpc': {}}, "needs a robot with the 'position' interface"),
+    ('rat', {'kind': 'mpc', 'mpc': {'samples': 1}}, "'expert.mpc': MPC setting samples"),
+    ('rat', {'kind': 'mpc', 'mpc': {'weights': {'root': 1.0}}}, 'weights should give'),
     ('quadruped', {'kind': 'ilqr', 'mpc': {}}, "'expert.kind': unknown expert 'ilqr'"),
     ('quadruped', {'mpc': {}}, "'expert' should be null or"),
     ('quadruped', {'kind': 'mpc', 'mpc': {'samples': 0}}, "'expert.mpc': MPC setting samples"),
@@ -491,6 +492,44 @@ def test_expert_setting_is_checked(robot, expert, message):
     config['model']['residual'] = expert is None or config['model']['residual']
     with pytest.raises(ValueError, match=message):
         validate_config(config)
+
+
+def test_rat_expert_takes_the_rats_mpc_settings_and_labels_every_step():
+    # On the rat the expert's settings start from vrat_ros.mpc.RAT_SETTINGS (weights key by
+    # key); its episodes carry its actions (ctrl in [-1, 1], before the collection noise)
+    # and the targets it was given.
+    from vrat_ros.mpc import RAT_SETTINGS
+    from vrat_ros.train import expert_settings
+    from vrat_ros.train import generate_episodes
+    from vrat_ros.train import validate_config
+    config = default_config(small=True)
+    config['expert'] = {'kind': 'mpc', 'mpc': {'samples': 4, 'horizon_steps': 4, 'knots': 2,
+                                               'weights': {'joints': 2.0}}}
+    validate_config(config)
+    settings = expert_settings(config)
+    weights = dict(settings.weights)
+    assert (settings.samples, settings.horizon_steps, settings.noise_rad) == (4, 4, 0.3)
+    assert weights == {**dict(RAT_SETTINGS.weights), 'joints': 2.0}
+    config['data'].update({'n_episodes': 2, 'episode_steps': 12, 'n_workers': 1})
+    episodes = generate_episodes(config, 0, workers=1)
+    k = config['relabel']['frames']
+    for ep in episodes:
+        n = len(ep['ctrl'])
+        assert n > 0 and ep['label'].shape == (n, 38) and ep['window'].shape == (n, k, 74)
+        assert np.all(np.abs(ep['label']) <= 1.0)
+    noise = np.concatenate([ep['ctrl'] - ep['label'] for ep in episodes])
+    assert 0.0 < np.abs(noise).max() <= 2.0
+
+
+def test_an_expert_needs_a_body_it_can_drive(tmp_path):
+    from fixtures import TOY_YAML
+    from fixtures import write_toy
+    from vrat_ros.train import expert_settings
+    config = default_config(small=True)
+    config['robot'] = write_toy(tmp_path, TOY_YAML)
+    config['expert'] = {'kind': 'mpc', 'mpc': {}}
+    with pytest.raises(ValueError, match="needs the rat or a robot with the 'position'"):
+        expert_settings(config)
 
 
 def test_configs_from_before_residual_models_still_validate():

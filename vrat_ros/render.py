@@ -554,8 +554,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--controller', choices=['policy', 'pd', 'zero', 'mpc', 'none'],
                    default='policy',
                    help='What drives the simulated body (default policy); none renders the '
-                        "reference alone; mpc (position robots only, slow: about 3 s per "
-                        'simulated second) is vrat_ros/mpc.py.')
+                        "reference alone; mpc (the rat or a position robot; slow: about 3 s "
+                        'per simulated second for the quadruped, 50 s for the rat) is '
+                        'vrat_ros/mpc.py.')
     p.add_argument('--out', required=True,
                    help='Output: .mp4 (H.264), .gif, or a folder (no suffix) of PNG frames; '
                         'with --frame-at, a .png file.')

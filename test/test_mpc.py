@@ -82,6 +82,8 @@ def test_plan_checks_the_reference_shape():
     ({'temperature': float('nan')}, 'temperature should be a number >= 0'),
     ({'weights': {'root_xy': 1.0}}, 'weights should give root_xy'),
     ({'horizon': 3}, 'unknown MPC settings'),
+    ({'weights': {'root_xyz': 1.0, 'root_z': 1.0, 'orientation': 1.0, 'joints': 1.0}},
+     r"unknown MPC weights \['root_xyz'\]"),
     ({'samples': 10 ** 12}, 'samples should be at most 4096'),
     ({'weights': {'root_xy': 1.0, 'root_z': 1.0, 'orientation': 1.0, 'joints': '1'}},
      'weights should give root_xy'),
@@ -181,14 +183,21 @@ def test_rat_rollouts_step_the_rat_as_its_pd_controller_does():
     assert np.abs(poses[2] - poses[0]).max() > 0.01
     # The command of the plan's first step is the PD's on the offset targets, in N m.
     rat.reset(clip.sample(start), clip.velocity(start), time=start)
+    planner.reset(5)
     torque = planner.plan(reference)
     assert torque.shape == (rat.nu,) and np.all(np.abs(torque) <= rat.actuator_gain + 1e-12)
+    # Deterministic: whatever the rollout threads computed before, the same seed and state
+    # give the same command (each rollout's solver warm start is set, not left over).
+    planner._simulate(lengths[None] + offsets[::-1])
+    rat.reset(clip.sample(start), clip.velocity(start), time=start)
+    planner.reset(5)
+    np.testing.assert_array_equal(planner.plan(reference), torque)
 
 
 def test_rat_mpc_keeps_the_rat_up_where_pd_lets_it_fall():
     # From the start of the held-out rear the 'pd' controller lets the torso sink under
     # 3.25 cm at control step 31; the MPC with the rat's settings keeps it up (measured: it
-    # tracks until step 154, where it loses the root). About 40 s here.
+    # tracks until step 151, where it loses the root). About 40 s here.
     from vrat_ros.resources import resolve_clip_path
     rat = RatBody()
     clip = Clip.load(resolve_clip_path('rat7m_rear_2460_2600'))

@@ -478,8 +478,14 @@ def robot_training_clip():
 
 
 @pytest.mark.parametrize('robot, expert, message', [
-    ('rat', {'kind': 'mpc', 'mpc': {'samples': 1}}, "'expert.mpc': MPC setting samples"),
-    ('rat', {'kind': 'mpc', 'mpc': {'weights': {'root': 1.0}}}, 'weights should give'),
+    ('rat', {'kind': 'mpc', 'mpc': {'samples': 1}},
+     r"'expert.mpc' \(with vrat_ros.mpc.RAT_SETTINGS .*\): MPC setting samples"),
+    ('quadruped', {'kind': 'mpc', 'mpc': {'weights': {'root': 1.0}}},
+     r"'expert.mpc': unknown MPC weights"),
+    ('rat', {'kind': 'mpc', 'mpc': {'weights': {'root': 1.0}}},
+     r"unknown MPC weights \['root'\]"),
+    ('rat', {'kind': 'mpc', 'mpc': {'horizon_steps': 3}},
+     r'with vrat_ros.mpc.RAT_SETTINGS for the fields it leaves out\): MPC setting knots'),
     ('quadruped', {'kind': 'ilqr', 'mpc': {}}, "'expert.kind': unknown expert 'ilqr'"),
     ('quadruped', {'mpc': {}}, "'expert' should be null or"),
     ('quadruped', {'kind': 'mpc', 'mpc': {'samples': 0}}, "'expert.mpc': MPC setting samples"),
@@ -519,6 +525,20 @@ def test_rat_expert_takes_the_rats_mpc_settings_and_labels_every_step():
         assert np.all(np.abs(ep['label']) <= 1.0)
     noise = np.concatenate([ep['ctrl'] - ep['label'] for ep in episodes])
     assert 0.0 < np.abs(noise).max() <= 2.0
+    # A run records every field it used (RAT_SETTINGS is code and may change between runs).
+    from vrat_ros.train import _record_expert
+    _record_expert(config)
+    assert config['expert'] == {'kind': 'mpc', 'mpc': settings.as_dict()}
+    assert config['expert']['mpc']['weights']['root_xy'] == dict(RAT_SETTINGS.weights)['root_xy']
+
+
+def test_a_robot_experts_weights_left_out_take_the_defaults():
+    from vrat_ros.mpc import MPCSettings
+    from vrat_ros.train import expert_settings
+    config = default_config(small=True, robot='quadruped')
+    config['expert'] = {'kind': 'mpc', 'mpc': {'weights': {'root_xy': 5.0}}}
+    weights = dict(expert_settings(config).weights)
+    assert weights == {**dict(MPCSettings().weights), 'root_xy': 5.0}
 
 
 def test_an_expert_needs_a_body_it_can_drive(tmp_path):

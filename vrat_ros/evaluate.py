@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -460,6 +461,7 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
     per_clip = {c: {k: aggregate(grouped[(c, k)]) for k in controllers} for c in clip_names}
     overall = {k: aggregate([r for c in clip_names for r in grouped[(c, k)]])
                for k in controllers}
+    from vrat_ros.mpc import RAT_SETTINGS
     report = {
         'clips': clip_entries,
         'controllers': controllers,
@@ -473,8 +475,8 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
             'body_error_bodies': list(EVAL_BODIES),
             'pd': 'inertia-scaled PD, the default gains of vrat_ros.controllers',
             'mpc': ('sampling model-predictive control on the simulation itself (vrat_ros.mpc, '
-                    'RAT_SETTINGS: offsets of the PD targets, 32 samples, 20 steps ahead, '
-                    '4 knots, warm start)'),
+                    'offsets of the PD targets, RAT_SETTINGS: '
+                    + json.dumps(RAT_SETTINGS.as_dict(), sort_keys=True) + ')'),
             'tracked_threshold': {
                 'root_dist_m': rc.TRACK_ROOT_DIST_M,
                 'joint_sq_err_rad2': rc.TRACK_JOINT_SQ_ERR_RAD2,

@@ -122,6 +122,10 @@ class MPCSettings:
         if self.noise_rad > np.pi:  # wider than a joint's turn: the rollouts blow up
             raise ValueError(f'MPC setting noise_rad should be at most pi: got {self.noise_rad}')
         weights = dict(self.weights)
+        unknown = sorted(set(weights) - {'root_xy', 'root_z', 'orientation', 'joints'})
+        if unknown:
+            raise ValueError(f'unknown MPC weights {unknown}; the weights are root_xy, root_z, '
+                             'orientation and joints')
         if set(weights) != {'root_xy', 'root_z', 'orientation', 'joints'} or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
                 and v >= 0 for v in weights.values()):
@@ -149,14 +153,16 @@ class MPCSettings:
 
 # The rat's settings: its offsets are wider (0.15 rad moves too little of its weak legs), its
 # cost is in its own scale (a rat is ~10 cm tall; the tracking limits are 0.1 m of root
-# distance and a torso above 3.25 cm) and weighs staying upright above the joint angles
-# (the limit on those is loose). Measured over 2.4 s from three held-out starts where the
-# 'pd' controller fails within 40 control steps (rear from 0 s, walk from 2 s and 4 s):
-# these settings track 120, 20 and 120 steps; with 10 steps ahead, 120, 19 and 27; with
-# 10 steps ahead and orientation 5, joints 0.5: 39, 19 and 80.
+# distance and a torso above 3.25 cm) and weighs staying upright and on the reference root
+# above the joint angles (the limit on those is loose). Tuned on held-out starts where the
+# 'pd' controller fails within 40 control steps: over 2.4 s from three (rear from 0 s, walk
+# from 2 s and 4 s), orientation 50 and joints 0.1 instead of 5 and 0.5 tracked 120, 19 and
+# 27 steps instead of 39, 19 and 80 (10 steps ahead), 20 steps ahead 120, 20 and 120; then
+# over 2 s from five (walk from 0, 2 and 6 s, rear from 0.9 and 2.8 s), root_xy 3000
+# instead of 300 tracked 100, 30, 59, 95 and 31 steps instead of 25, 13, 47, 38 and 34.
 RAT_SETTINGS = MPCSettings(samples=32, horizon_steps=20, knots=4, noise_rad=0.3,
-                           weights=(('joints', 0.1), ('orientation', 50.0), ('root_xy', 300.0),
-                                    ('root_z', 1000.0)), threads=2)
+                           weights=(('joints', 0.1), ('orientation', 50.0),
+                                    ('root_xy', 3000.0), ('root_z', 1000.0)), threads=2)
 
 
 def default_settings(body) -> MPCSettings:
@@ -339,6 +345,10 @@ class SamplingMPC:
 
 class MPCController(Controller):
     """`SamplingMPC` as a controller of `vrat eval` and `vrat render` (position robots, rat).
+
+    Known shortcoming: it plans at the body's own rate (the rat's 50 Hz, a robot file's);
+    `run_inline` called with another `control_rate_hz` (only the Python API can) is not
+    refused, as a policy trained at another rate is.
 
     Args:
         settings: `MPCSettings`; None: `default_settings` of the body it drives.

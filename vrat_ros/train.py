@@ -49,7 +49,7 @@ Measured on this project's 2-core machine (shared with other jobs), held-out num
     with the quadruped's flat 0.05 of the range the training windows fell to 0.24 in 300
     iterations (the noise drowns the spine motors' small commands). Slow gains; not shipped.
   * the sampling MPC (vrat_ros.mpc, `RAT_SETTINGS`), which a rat config may name as `expert`,
-    tracks 0.44 of the held-out clips (PD 0.30): it keeps the rat upright but loses the root
+    tracks 0.51 of the held-out clips (PD 0.30): it keeps the rat upright but loses the root
     where the reference walks or rears. At about 1 s per control step on two threads it
     labels about 3,600 steps an hour here, so no rat policy has been trained from it yet.
 
@@ -327,8 +327,9 @@ def expert_settings(config: dict):
     """The `vrat_ros.mpc.MPCSettings` of a configuration's expert, or None without one.
 
     config['expert'] is None or {'kind': 'mpc', 'mpc': {MPCSettings fields}}; an expert
-    needs the rat or a robot with the 'position' interface. Fields left out take the
-    `MPCSettings` defaults (a robot's) or, on the rat, those of `vrat_ros.mpc.RAT_SETTINGS`.
+    needs the rat or a robot with the 'position' interface. Fields left out (and weights
+    left out of 'weights') take the `MPCSettings` defaults or, on the rat, those of
+    `vrat_ros.mpc.RAT_SETTINGS`.
 
     Raises:
         ValueError: a malformed expert section, or an expert for a body it cannot drive.
@@ -345,19 +346,34 @@ def expert_settings(config: dict):
     from vrat_ros.mpc import MPCSettings
     from vrat_ros.mpc import RAT_SETTINGS
     values = dict(expert['mpc'])
+    where = "setting 'expert.mpc'"
+    defaults = MPCSettings().as_dict()
     if robot_of(config) == 'rat':
         defaults = RAT_SETTINGS.as_dict()
-        if isinstance(values.get('weights'), dict):  # weights merge key by key too
-            values['weights'] = {**defaults['weights'], **values['weights']}
-        values = {**defaults, **values}
+        where += ' (with vrat_ros.mpc.RAT_SETTINGS for the fields it leaves out)'
+    if isinstance(values.get('weights'), dict):  # weights merge key by key too
+        values['weights'] = {**defaults['weights'], **values['weights']}
+    values = {**defaults, **values}
     try:
         settings = MPCSettings.from_dict(values)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"setting 'expert.mpc': {exc}") from None
+        raise ValueError(f'{where}: {exc}') from None
     if robot_of(config) != 'rat' and not _takes_positions(robot_of(config)):
         raise ValueError("setting 'expert' (the sampling MPC) needs the rat or a robot with "
                          f"the 'position' interface; '{robot_of(config)}' has none")
     return settings
+
+
+def _record_expert(config: dict) -> None:
+    """Writes every field of a rat expert's settings into config['expert'], in place.
+
+    The rat's expert fills what a config leaves out from `RAT_SETTINGS`, which is code:
+    with every field recorded, the checkpoint, the data hash and the policy's contract say
+    what ran, and a resume after RAT_SETTINGS changed is refused as a different config.
+    A robot's expert is kept as written (the shipped quadruped policy records it so).
+    """
+    if robot_of(config) == 'rat' and config.get('expert') is not None:
+        config['expert'] = {'kind': 'mpc', 'mpc': expert_settings(config).as_dict()}
 
 
 def _family(value) -> str:
@@ -1587,6 +1603,7 @@ def train(config: dict, out_dir: str, resume: bool = False, progress: bool = Tru
     config = copy.deepcopy(config)
     _fill_later_settings(config)
     validate_config(config)
+    _record_expert(config)
     for path in config['clips']:
         if not os.path.isfile(path):
             raise ClipError(f"training clip '{path}' does not exist; give a clip file or a "

@@ -174,6 +174,7 @@ def run_inline(
     n_saturated = 0
     diverged_at = None
 
+    scratch = mujoco.MjData(body.model) if stop_on_failure else None  # for frame_failure
     steps = range(n_steps)
     if progress:
         from tqdm import tqdm
@@ -192,7 +193,8 @@ def run_inline(
             break
         qpos.append(body.data.qpos.copy())
         if stop_on_failure and frame_failure(body, qpos[-1],
-                                             clip.sample(start_time_s + (k + 1) * dt)):
+                                             clip.sample(start_time_s + (k + 1) * dt),
+                                             scratch):
             break
     wall = time.perf_counter() - start
 

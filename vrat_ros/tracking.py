@@ -96,10 +96,15 @@ def directly_actuated_hinges(body: RatBody) -> np.ndarray:
     return np.array(sorted(j - 1 for j in joint_ids if j - 1 in tracked))
 
 
-def forward_positions(model: mujoco.MjModel, qpos: npt.ArrayLike) -> np.ndarray:
-    """Returns (T, nbody, 3) world body positions (m) for each row of qpos, on scratch data."""
+def forward_positions(model: mujoco.MjModel, qpos: npt.ArrayLike,
+                      data: mujoco.MjData | None = None) -> np.ndarray:
+    """Returns (T, nbody, 3) world body positions (m) for each row of qpos, on scratch data.
+
+    `data`: scratch MjData of `model` to reuse (its qpos is overwritten); None makes one,
+    which costs about 1 ms for the rat, more than the kinematics of a few frames.
+    """
     qpos = np.asarray(qpos, dtype=np.float64)
-    data = mujoco.MjData(model)
+    data = mujoco.MjData(model) if data is None else data
     out = np.empty((qpos.shape[0], model.nbody, 3))
     for i, q in enumerate(qpos):
         data.qpos[:] = q
@@ -116,7 +121,8 @@ def body_distances(model: mujoco.MjModel, sim_qpos: npt.ArrayLike, ref_qpos: npt
     return np.linalg.norm(sim_x - forward_positions(model, ref_qpos)[:, ids], axis=-1)
 
 
-def frame_failure(body: RatBody, sim_qpos: npt.ArrayLike, ref_qpos: npt.ArrayLike) -> str | None:
+def frame_failure(body: RatBody, sim_qpos: npt.ArrayLike, ref_qpos: npt.ArrayLike,
+                  scratch: mujoco.MjData | None = None) -> str | None:
     """Checks one simulated pose against its reference pose.
 
     Args:
@@ -124,6 +130,8 @@ def frame_failure(body: RatBody, sim_qpos: npt.ArrayLike, ref_qpos: npt.ArrayLik
             test; its state is not touched).
         sim_qpos: (nq,) simulated pose.
         ref_qpos: (nq,) reference pose at the same time.
+        scratch: MjData of the body's model to compute the kinematics on, for callers that
+            check every control step; None makes one (see `forward_positions`).
 
     Returns:
         None while tracked, else the reason as in `tracking_failure`.
@@ -133,7 +141,7 @@ def frame_failure(body: RatBody, sim_qpos: npt.ArrayLike, ref_qpos: npt.ArrayLik
     if not np.all(np.isfinite(sim)):
         return REASON_NON_FINITE
     joints = 7 + body.tracked_hinge_idx
-    torso_z = forward_positions(body.model, sim)[0, body.torso_id, 2]
+    torso_z = forward_positions(body.model, sim, scratch)[0, body.torso_id, 2]
     return _failure(
         body, float(np.linalg.norm(sim[0, :3] - ref[0, :3])),
         float(np.sum((sim[0, joints] - ref[0, joints]) ** 2)),

@@ -122,6 +122,7 @@ from vrat_ros.rollout import run_inline
 from vrat_ros.resources import data_path
 from vrat_ros.resources import default_clip_path
 from vrat_ros.resources import TRAINING_CLIPS
+from vrat_ros.tracking import tracking_limits
 
 _LOG = logging.getLogger(__name__)
 
@@ -679,12 +680,15 @@ def _collect(body, rng: np.random.Generator, cfg: dict, target: np.ndarray, n_st
     cfg['action_noise_rad'], correlation cfg['action_noise_corr']), clips it to [-1, 1] and
     `apply`s it; the episode ends early when MuJoCo flags bad accelerations, the state is no
     longer finite, or `fallen()`. With an expert, its action at each state (before any noise)
-    is kept as that step's label, with the k targets it was asked for.
+    is kept as that step's label, with the k targets it was asked for, and the episode also
+    ends once the root is twice the body's tracking limit from its target (an expert's
+    labels far from its targets teach little).
 
     Returns:
         {'qpos': (T+1, nq), 'qvel': (T+1, nv), 'ctrl': (T, nu)}: the states and the actions;
         with an expert also 'label' (T, nu) and 'window' (T, k, nq).
     """
+    root_limit = tracking_limits(body)['root_dist_m']
     noise_std = rng.uniform(0.0, cfg['action_noise_rad'])
     rho = cfg['action_noise_corr']
     noise = noise_std * rng.standard_normal(body.nu)
@@ -710,6 +714,9 @@ def _collect(body, rng: np.random.Generator, cfg: dict, target: np.ndarray, n_st
         if label is not None:
             labels.append(label)
         if fallen():
+            break
+        if expert is not None and np.linalg.norm(
+                body.data.qpos[:2] - target[step + 1, :2]) > 2.0 * root_limit:
             break
     episode = {'qpos': np.array(states_q), 'qvel': np.array(states_v),
                'ctrl': np.array(ctrls).reshape(-1, body.nu)}
@@ -810,20 +817,12 @@ class _EpisodeGenerator:
             torque = self.mpc.plan(target[step + 1:step + 1 + horizon])
             return torque / body.actuator_gain  # within [-1, 1]
 
-        steps_done = [0]
-
         def apply(ctrl):
             body.data.ctrl[:] = ctrl
             body.step(self.n_sub)
-            steps_done[0] += 1
 
         def fallen():
-            if body.data.xpos[body.torso_id, 2] < _FALLEN_TORSO_Z_M:
-                return True
-            # An expert's labels far from its targets teach little: stop at twice the
-            # tracking limit of the root (as on the robots).
-            return self.mpc is not None and np.linalg.norm(
-                body.data.qpos[:2] - target[steps_done[0], :2]) > 2.0 * rc.TRACK_ROOT_DIST_M
+            return body.data.xpos[body.torso_id, 2] < _FALLEN_TORSO_Z_M
 
         return _collect(body, rng, cfg, target, n_steps, k, body.tracked_hinge_idx,
                         self.policy, pd, noise_gain, apply, fallen,
@@ -950,24 +949,14 @@ class _RobotEpisodeGenerator:
         def pd(step, q, v):
             return acts.pd_action(target[step + 1], target_vel[step + 1], q, v)
 
-        steps_done = [0]
-
         def apply(action):
             body.set_command(acts.command(action))
             body.step(self.n_sub)
-            steps_done[0] += 1
 
         def fallen():
             torso = body.data.xpos[body.torso_id, 2]
             upright = body.data.xmat[body.torso_id][8]
-            if not self.z_range[0] <= torso <= self.z_range[1] or upright < 0.0:
-                return True
-            if self.mpc is None:
-                return False
-            # An expert's labels far from its targets teach little: stop at twice the
-            # tracking limit of the root.
-            off = np.linalg.norm(body.data.qpos[:2] - target[steps_done[0], :2])
-            return off > 2.0 * body.track_root_dist_m
+            return not self.z_range[0] <= torso <= self.z_range[1] or upright < 0.0
 
         return _collect(body, rng, cfg, target, n_steps, k, self.joint_idx, self.policy, pd,
                         acts.per_rad, apply, fallen,

@@ -155,6 +155,9 @@ def test_report_has_the_keys_and_sane_values(two_reports, tiny_policy_path):
     assert report['overall']['pd']['tracked_fraction'] > report['overall']['zero'][
         'tracked_fraction']
     assert len(report['episodes']) == 6
+    from vrat_ros.mpc import RAT_SETTINGS
+    assert report['settings']['mpc_settings'] == RAT_SETTINGS.as_dict()
+    assert report['settings']['mpc_settings']['samples'] == RAT_SETTINGS.samples
     table = (tmp / 'w1.md').read_text()
     assert table.startswith('| clip | controller | tracked fraction |')
     assert f"| {name} | pd | {report['overall']['pd']['tracked_fraction']:.2f} |" in table

@@ -288,6 +288,8 @@ def test_eval_on_the_quadruped_writes_a_report_with_its_limits(tmp_path, short_e
     assert settings['body_error_bodies'] == ['torso', 'toe_front_left', 'toe_front_right',
                                              'toe_back_right', 'toe_back_left']
     assert settings['control_rate_hz'] == 50.0 and 'standing pose' in settings['zero']
+    from vrat_ros.mpc import MPCSettings
+    assert settings['mpc_settings'] == MPCSettings().as_dict()  # not the rat's
     assert 'all 16 joints' in settings['definitions']['joint_rmse_rad']
     assert report['run']['episodes'] == 4 and report['policy'] is None
     assert [e['start_frame'] for e in report['episodes']] == [0, 25, 0, 25]

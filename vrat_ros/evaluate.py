@@ -302,6 +302,7 @@ def _check_policy_fits(policy_path: str, body) -> None:
 
 def _robot_settings(body) -> dict:
     """The settings of a robot's report that differ from the rat's."""
+    from vrat_ros.mpc import MPCSettings
     from vrat_ros.tracking import tracking_limits
     spec = body.spec
     bodies = [body.body_names[i] for i in eval_body_ids(body)]
@@ -316,6 +317,7 @@ def _robot_settings(body) -> dict:
                  if position else 'no torque'),
         'mpc': ('sampling model-predictive control on the simulation itself (vrat_ros.mpc, '
                 'MPCSettings defaults: 32 samples, 15 steps ahead, 4 knots, warm start)'),
+        'mpc_settings': MPCSettings().as_dict(),
         'tracked_threshold': tracking_limits(body),
         'definitions': {
             'joint_rmse_rad': f'RMS angle error over all {len(body.joint_names)} joints',
@@ -477,6 +479,7 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
             'mpc': ('sampling model-predictive control on the simulation itself (vrat_ros.mpc, '
                     'offsets of the PD targets, RAT_SETTINGS: '
                     + json.dumps(RAT_SETTINGS.as_dict(), sort_keys=True) + ')'),
+            'mpc_settings': RAT_SETTINGS.as_dict(),  # the same, for programs to read
             'tracked_threshold': {
                 'root_dist_m': rc.TRACK_ROOT_DIST_M,
                 'joint_sq_err_rad2': rc.TRACK_JOINT_SQ_ERR_RAD2,

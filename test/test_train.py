@@ -191,7 +191,8 @@ def test_training_clips_ship_and_keep_away_from_the_held_out_frames():
     from vrat_ros.train import DEFAULT_TRAINING_CLIPS
     config = default_config()
     assert config['clips'] == default_config(small=True)['clips']
-    # The default reproduces the shipped policy: the DANNCE clip alone.
+    # The default (the quick recipe) trains on the DANNCE clip alone; the shipped policy's
+    # config (config/train_rat.json) lists the Rat7M training clips beside it.
     assert [pathlib.Path(p).name for p in config['clips']] == ['rat23_dannce_1000f.npz']
     assert pathlib.Path(DEFAULT_TRAINING_CLIPS[0]).name == 'rat23_dannce_1000f.npz'
     held_out = [Clip.load(resources.resolve_clip_path(n)).meta['source_frames']
@@ -588,6 +589,30 @@ def test_shipped_quadruped_policy_fits_the_robot():
     training = policy.contract['training']
     assert training['rl_iterations'] == 1000 and training['selected_rl_iteration'] == 800
     assert policy.reference_frames == 10
+
+
+def test_shipped_rat_policy_was_made_by_the_documented_command():
+    # README: vrat train --config config/train_rat.json (imitation, then RL).
+    import json
+    from vrat_ros import resources
+    from vrat_ros.cli import _merge
+    from vrat_ros.train import validate_config
+    policy = OnnxPolicy(resources.default_policy_path())
+    training = policy.contract['training']
+    config = default_config()
+    with open(pathlib.Path(__file__).resolve().parents[1] / 'config' / 'train_rat.json') as f:
+        shipped = json.load(f)
+    _merge(config, shipped)
+    validate_config(config)
+    used = training['config']
+    for section in ('expert', 'rl', 'relabel', 'data', 'rounds', 'train', 'model', 'eval',
+                    'seed', 'body'):
+        assert used[section] == config[section], section
+    assert used['clips'] == [name + '.npz' for name in shipped['clips']]
+    # Never the held-out clips.
+    files = {c['file'] for c in training['clips']}
+    assert not files & {name + '.npz' for name in resources.HELD_OUT_CLIPS}
+    assert training['rl_iterations'] == 1000
 
 
 @pytest.mark.parametrize('section, key, value, message', [

@@ -10,8 +10,8 @@ DEFAULT_CLIP = 'rat23_dannce_1000f.npz'
 DEFAULT_POLICY = 'rat_inverse_dynamics.onnx'
 # The shipped rat training clips: the DANNCE clip and the Rat7M frames 1000-2999 that lie at
 # least 30 frames away from the held-out Rat7M walk (2010-2310) and rear (2460-2600).
-# `vrat train`'s default config uses the DANNCE clip alone (it reproduces the shipped policy);
-# list these in a --config to train on all of them.
+# `vrat train`'s default config uses the DANNCE clip alone (the quick recipe); the shipped
+# policy's config, config/train_rat.json, lists all of them.
 TRAINING_CLIPS = ('rat23_dannce_1000f', 'rat7m_train_1000_1980', 'rat7m_train_2340_2430',
                   'rat7m_train_2630_3000')
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -316,7 +315,7 @@ def _robot_settings(body) -> dict:
         'zero': ("the standing pose as position targets (a policy's zero action)"
                  if position else 'no torque'),
         'mpc': ('sampling model-predictive control on the simulation itself (vrat_ros.mpc, '
-                'MPCSettings defaults: 32 samples, 15 steps ahead, 4 knots, warm start)'),
+                'the MPCSettings defaults, listed under mpc_settings)'),
         'mpc_settings': MPCSettings().as_dict(),
         'tracked_threshold': tracking_limits(body),
         'definitions': {
@@ -477,9 +476,8 @@ def run_eval(clips: list[str], controllers: list[str], policy_path: str | None,
             'body_error_bodies': list(EVAL_BODIES),
             'pd': 'inertia-scaled PD, the default gains of vrat_ros.controllers',
             'mpc': ('sampling model-predictive control on the simulation itself (vrat_ros.mpc, '
-                    'offsets of the PD targets, RAT_SETTINGS: '
-                    + json.dumps(RAT_SETTINGS.as_dict(), sort_keys=True) + ')'),
-            'mpc_settings': RAT_SETTINGS.as_dict(),  # the same, for programs to read
+                    'offsets of the PD targets, RAT_SETTINGS, listed under mpc_settings)'),
+            'mpc_settings': RAT_SETTINGS.as_dict(),
             'tracked_threshold': {
                 'root_dist_m': rc.TRACK_ROOT_DIST_M,
                 'joint_sq_err_rad2': rc.TRACK_JOINT_SQ_ERR_RAD2,

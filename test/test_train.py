@@ -376,15 +376,29 @@ def test_robot_training_is_deterministic(tmp_path):
     _assert_same_weights(a, b)
 
 
+def config_file(name: str) -> dict:
+    """The settings of a config file shipped in the checkout's config/ folder."""
+    import json
+    with open(pathlib.Path(__file__).resolve().parents[1] / 'config' / name) as f:
+        return json.load(f)
+
+
+def documented_config(name: str, robot: str = 'rat') -> dict:
+    """What `vrat train [--robot ROBOT] --config config/NAME` runs: validated settings."""
+    from vrat_ros.cli import _merge
+    from vrat_ros.train import validate_config
+    config = default_config(robot=robot)
+    _merge(config, config_file(name))
+    validate_config(config)
+    return config
+
+
 def tiny_expert_config():
     """`tiny_robot_config` with the shipped MPC-expert settings, the MPC made small."""
-    import json
     from vrat_ros.cli import _merge
     config = tiny_robot_config()
     assert config['expert'] is None  # the expert is opt-in
-    with open(pathlib.Path(__file__).resolve().parents[1] / 'config' /
-              'train_mpc_expert.json') as f:
-        update = json.load(f)
+    update = config_file('train_mpc_expert.json')
     for section in ('data', 'rounds', 'train'):
         update.pop(section)
     _merge(config, update)
@@ -574,14 +588,7 @@ def test_shipped_quadruped_policy_fits_the_robot():
     files = [c['file'] for c in policy.contract['training']['clips']]
     assert files and all(f.startswith('quadruped_train_') for f in files)
     # Made by the documented command: the shipped config file on the quadruped's defaults.
-    import json
-    from vrat_ros.cli import _merge
-    from vrat_ros.train import validate_config
-    config = default_config(robot='quadruped')
-    with open(pathlib.Path(__file__).resolve().parents[1] / 'config' /
-              'train_quadruped.json') as f:
-        _merge(config, json.load(f))
-    validate_config(config)
+    config = documented_config('train_quadruped.json', robot='quadruped')
     used = policy.contract['training']['config']
     for section in ('expert', 'rl', 'relabel', 'data', 'rounds', 'train', 'model'):
         assert used[section] == config[section], section
@@ -593,22 +600,15 @@ def test_shipped_quadruped_policy_fits_the_robot():
 
 def test_shipped_rat_policy_was_made_by_the_documented_command():
     # README: vrat train --config config/train_rat.json (imitation, then RL).
-    import json
     from vrat_ros import resources
-    from vrat_ros.cli import _merge
-    from vrat_ros.train import validate_config
     policy = OnnxPolicy(resources.default_policy_path())
     training = policy.contract['training']
-    config = default_config()
-    with open(pathlib.Path(__file__).resolve().parents[1] / 'config' / 'train_rat.json') as f:
-        shipped = json.load(f)
-    _merge(config, shipped)
-    validate_config(config)
+    config = documented_config('train_rat.json')
     used = training['config']
     for section in ('expert', 'rl', 'relabel', 'data', 'rounds', 'train', 'model', 'eval',
                     'seed', 'body'):
         assert used[section] == config[section], section
-    assert used['clips'] == [name + '.npz' for name in shipped['clips']]
+    assert used['clips'] == [name + '.npz' for name in config_file('train_rat.json')['clips']]
     # Never the held-out clips.
     files = {c['file'] for c in training['clips']}
     assert not files & {name + '.npz' for name in resources.HELD_OUT_CLIPS}

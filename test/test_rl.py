@@ -270,3 +270,26 @@ def test_smoothness_term_rewards_unchanged_actions():
     envs.has_prev[:] = False
     envs.restore(snap)
     assert envs.has_prev.all() and np.array_equal(envs.prev, b)
+
+
+def test_motor_joint_term_sees_only_the_joints_with_a_motor_of_their_own(rat_body):
+    # On the rat the spine and neck move through shared tendons: an error there must not
+    # lower the motor-joint term, an error on a limb joint must, by its mean squared error.
+    from vrat_ros.resources import default_clip_path
+    from vrat_ros.tracking import directly_actuated_hinges
+    clip = Clip.load(default_clip_path()).reorder_to(rat_body.hinge_names)
+    only_motor = {'weights': {'root': 0.0, 'joints': 0.0, 'orientation': 0.0,
+                              'motor_joints': 1.0}}
+    envs = TrackingEnvs(rat_body, [clip], 5, rat_body.tracked_hinge_idx,
+                        rl_settings({'rl': {'envs': 2, 'threads': 1, 'reward': only_motor}}))
+    motor = directly_actuated_hinges(rat_body)
+    assert len(motor) == 30 and len(envs.motor_joints) == 30
+    tendon = np.setdiff1d(rat_body.tracked_hinge_idx, motor)
+    ref = np.repeat(envs.ref_q[0, 10][None], 2, axis=0)
+    q = ref.copy()
+    q[0, 7 + tendon[0]] += 0.3                  # a spine or neck joint: no effect
+    q[1, 7 + motor[0]] += 0.05 * np.sqrt(30)   # mean squared error 0.0025 = motor_joints_rad2
+    np.testing.assert_allclose(envs.reward_of(q, ref, np.zeros(2)), [1.0, np.exp(-1.0)],
+                               rtol=1e-9)
+    # Off by default: the default reward is unchanged by a limb error's motor-joint term.
+    assert DEFAULT_RL['reward']['weights']['motor_joints'] == 0.0

@@ -485,6 +485,12 @@ def test_cli_import_writes_the_clip_and_a_json_report(tmp_path, capsys):
     assert report['failed_frames'] == [] and report['units_assumed'] == 'mm'
     assert Clip.load(str(out)).n_frames == 10
     assert 'keypoint residual' in capsys.readouterr().out
+    # The report says how fast the fitted paws slide on the floor (the written clip's).
+    from vrat_ros.keypoint_fit import paw_slip
+    again = paw_slip(Clip.load(str(out)))
+    assert report['paw_slip']['slip_mm_s_median'] == pytest.approx(again['slip_mm_s_median'],
+                                                                   rel=1e-6)
+    assert set(report['paw_slip']['paws']) == {'hand_L', 'hand_R', 'foot_L', 'foot_R'}
 
 
 @needs_rat_data

@@ -521,3 +521,32 @@ def test_import_report_counts_the_frames_where_support_acted(tmp_path):
     _, report = importers.import_clip(str(RAT7M_MAT), out=str(tmp_path / 'off.npz'),
                                       frames=(2230, 2234))
     assert 'support_frames' not in report
+
+
+def test_paw_slip_is_the_speed_of_paws_dragged_along_the_floor():
+    # One DANNCE pose (both feet on the floor) held still, then the same pose slid forward
+    # at 0.1 m/s: the feet on the floor slide at 100 mm/s, like the root; held still, 0.
+    clip = Clip.load(str(SHIPPED_CLIP))
+    pose = clip.qpos[0]
+    still = Clip(qpos=np.repeat(pose[None], 11, axis=0), fps=50.0,
+                 joint_names=clip.joint_names, body_scale=clip.body_scale, meta={})
+    slid = still.qpos.copy()
+    slid[:, 0] += 0.1 * np.arange(11) / 50.0
+    sliding = Clip(qpos=slid, fps=50.0, joint_names=clip.joint_names,
+                   body_scale=clip.body_scale, meta={})
+    body = RatBody(scale=clip.body_scale)
+    at_rest, moving = kf.paw_slip(still, body=body), kf.paw_slip(sliding, body=body)
+    feet = ('foot_L', 'foot_R')
+    assert all(at_rest['paws'][f]['contact_fraction'] == 1.0 for f in feet)
+    assert at_rest['slip_mm_s_median'] == 0.0 and at_rest['root_speed_mm_s_median'] == 0.0
+    for f in feet:
+        assert moving['paws'][f]['slip_mm_s_median'] == pytest.approx(100.0, rel=1e-6)
+    assert moving['root_speed_mm_s_median'] == pytest.approx(100.0, rel=1e-6)
+    # Lifted 0.3 m, no paw is on the floor: no slip to measure.
+    lifted = Clip(qpos=slid + np.r_[0.0, 0.0, 0.3, np.zeros(len(pose) - 3)], fps=50.0,
+                  joint_names=clip.joint_names, body_scale=clip.body_scale, meta={})
+    up = kf.paw_slip(lifted, body=body)
+    assert up['slip_mm_s_median'] is None
+    assert all(p['contact_fraction'] == 0.0 for p in up['paws'].values())
+    with pytest.raises(ValueError, match='contact_m should be >= 0'):
+        kf.paw_slip(still, contact_m=float('nan'), body=body)

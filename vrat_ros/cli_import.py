@@ -147,6 +147,14 @@ def _summary(report: dict) -> str:
             lines.append(f"  support terms acted in {n} of {report['frames']} frames" + (
                 ' (no effect: every paw has a marker, or no unobserved paw could reach the '
                 'floor)' if n == 0 else ''))
+    slip = report.get('paw_slip')
+    if slip and slip['slip_mm_s_median'] is not None:
+        worst = max((p['slip_mm_s_median'] for p in slip['paws'].values()
+                     if p['slip_mm_s_median'] is not None))
+        lines.append(f"  paws on the floor slide at a median {slip['slip_mm_s_median']:.0f} "
+                     f"mm/s (worst paw {worst:.0f}; the root moves at a median "
+                     f"{slip['root_speed_mm_s_median']:.0f} mm/s): a body with friction "
+                     'cannot follow paws that slide')
     return '\n'.join(lines)
 
 
@@ -165,10 +173,12 @@ def run_import(args: argparse.Namespace) -> int:
         if 'fit' in (args.scale, args.animal_scale):
             print('vrat import: estimating the body scale from the keypoints ...',
                   file=sys.stderr)
-        _, report = importers.import_clip(
+        clip, report = importers.import_clip(
             args.path, fmt=args.format, fps=args.fps, units=args.units, scale=args.scale,
             animal_scale=args.animal_scale, marker_set=args.marker_set, frames=args.frames,
             resample=args.resample, out=out, progress=not args.no_progress, options=options)
+        from vrat_ros.keypoint_fit import paw_slip
+        report['paw_slip'] = paw_slip(clip)
         for warning in report.get('warnings', []):
             print(f'vrat import: warning: {warning}', file=sys.stderr)
         print(_summary(report))

@@ -1450,3 +1450,86 @@ def pose_holdability(clip: Clip, frames: Sequence[int] | None = None, n_frames: 
     return {'frames': frames, 'held': held,
             'held_fraction': float(np.mean(held)) if held else float('nan'),
             'failure_time_s': fail_t, 'failure_reason': reasons}
+
+
+# A paw counts as on the floor when the lowest point of its geoms is this close to it (m).
+PAW_CONTACT_M = 0.005
+
+
+def paw_slip(clip: Clip, contact_m: float = PAW_CONTACT_M,
+             body: RatBody | None = None) -> dict:
+    """Measures how fast a clip's paws slide while they are on the floor.
+
+    A real paw that carries weight does not slide, so a reference whose paws do cannot be
+    followed by a body with friction: its joints may be tracked while its root is left
+    behind. For each paw of `PAW_LIMBS` (the hand or foot and the bodies below it), a pair of
+    consecutive frames counts as contact when the lowest point of the paw's collision geoms
+    is within `contact_m` of the floor in both; the slip is then the horizontal speed of the
+    paw's own body origin (the wrist or ankle) between them.
+
+    Args:
+        clip: a rat clip (any joint order), at its own frame rate.
+        contact_m: height of a paw's lowest point (m) under which it is on the floor.
+        body: a RatBody at the clip's scale to reuse; None builds one.
+
+    Returns:
+        {'paws': {paw: {'contact_fraction': share of frame pairs in contact,
+        'slip_mm_s_median', 'slip_mm_s_p90': over those pairs (None without contact)}},
+        'slip_mm_s_median': over the contact pairs of all paws (None without contact),
+        'root_speed_mm_s_median': the root's horizontal speed, for scale}.
+    """
+    if not (np.isfinite(contact_m) and contact_m >= 0):
+        raise ValueError(f'contact_m should be >= 0: got {contact_m}')
+    body = RatBody(scale=clip.body_scale) if body is None else body
+    if list(clip.joint_names) != list(body.hinge_names):
+        clip = clip.reorder_to(body.hinge_names)
+    m = body.model
+    data = mujoco.MjData(m)
+    names = body.body_names
+    paws = []
+    for paw_name, _ in PAW_LIMBS:
+        if paw_name not in names:
+            continue
+        paw = names.index(paw_name)
+        below = [b for b in range(m.nbody) if _is_below(m, b, paw)]
+        geoms = np.array([g for g in range(m.ngeom) if m.geom_bodyid[g] in below
+                          and (m.geom_contype[g] or m.geom_conaffinity[g])
+                          and int(m.geom_type[g]) in _FLOOR_GEOM_TYPES], dtype=int)
+        if geoms.size:
+            paws.append((paw_name, paw, geoms))
+    n = clip.qpos.shape[0]
+    low = np.zeros((n, len(paws)))
+    xy = np.zeros((n, len(paws), 2))
+    for t in range(n):
+        data.qpos[:] = clip.qpos[t]
+        mujoco.mj_kinematics(m, data)
+        for i, (_, paw, geoms) in enumerate(paws):
+            points = _support_points_down(m.geom_type[geoms], m.geom_size[geoms],
+                                          data.geom_xpos[geoms], data.geom_xmat[geoms])
+            low[t, i] = np.min(points[:, 2])
+            xy[t, i] = data.xpos[paw, :2]
+    fps = float(clip.fps)
+    on = low <= contact_m
+    contact = on[:-1] & on[1:]
+    speed = np.linalg.norm(np.diff(xy, axis=0), axis=2) * fps * 1e3
+    out, pooled = {}, []
+    for i, (paw_name, _, _) in enumerate(paws):
+        s = speed[contact[:, i], i]
+        pooled.append(s)
+        out[paw_name] = {
+            'contact_fraction': float(np.mean(contact[:, i])) if n > 1 else 0.0,
+            'slip_mm_s_median': float(np.median(s)) if s.size else None,
+            'slip_mm_s_p90': float(np.percentile(s, 90)) if s.size else None,
+        }
+    pooled = np.concatenate(pooled) if pooled else np.zeros(0)
+    root = np.linalg.norm(np.diff(clip.qpos[:, :2], axis=0), axis=1) * fps * 1e3
+    return {'paws': out,
+            'slip_mm_s_median': float(np.median(pooled)) if pooled.size else None,
+            'root_speed_mm_s_median': float(np.median(root)) if root.size else 0.0}
+
+
+def _is_below(model: mujoco.MjModel, body: int, top: int) -> bool:
+    """Whether `body` is `top` or lies below it in the kinematic tree."""
+    while body > top:
+        body = int(model.body_parentid[body])
+    return body == top

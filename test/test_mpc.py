@@ -109,6 +109,20 @@ def test_mpc_refuses_bodies_it_cannot_drive(tmp_path):
         run_eval(['toy_clip'], ['mpc'], None, robot=effort)
 
 
+def test_mpc_refuses_a_control_rate_other_than_the_bodys():
+    # Its plans step at the body's own period: at 100 Hz on the 50 Hz rat they would plan
+    # twice as far ahead as they are applied. Refused before the body moves.
+    from vrat_ros.resources import default_clip_path
+    body = RatBody()
+    clip = Clip.load(default_clip_path())
+    with pytest.raises(ValueError, match="'mpc' controller plans at the body's own 50 Hz, "
+                                         'not at 100 Hz'):
+        run_inline(body, clip, MPCController(), seconds=0.04, control_rate_hz=100.0)
+    # Other controllers may run at another rate.
+    result = run_inline(body, clip, PDController(), seconds=0.04, control_rate_hz=100.0)
+    assert len(result.times) == 5
+
+
 def test_without_warm_start_the_command_depends_on_state_and_reference_only():
     # A policy learns from these commands, so nothing of earlier steps may enter them.
     robot = Robot('quadruped')

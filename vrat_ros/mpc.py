@@ -348,9 +348,9 @@ class SamplingMPC:
 class MPCController(Controller):
     """`SamplingMPC` as a controller of `vrat eval` and `vrat render` (position robots, rat).
 
-    Known shortcoming: it plans at the body's own rate (the rat's 50 Hz, a robot file's);
-    `run_inline` called with another `control_rate_hz` (only the Python API can) is not
-    refused, as a policy trained at another rate is.
+    It plans at the body's own rate (the rat's 50 Hz, a robot file's), so `run_inline`
+    refuses another `control_rate_hz` (`runs_at_body_rate`), as it refuses a policy trained
+    at another rate.
 
     Args:
         settings: `MPCSettings`; None: `default_settings` of the body it drives.
@@ -358,6 +358,7 @@ class MPCController(Controller):
     """
 
     name = 'mpc'
+    runs_at_body_rate = True  # its plans step at the body's default control period
 
     def __init__(self, settings: MPCSettings | None = None, seed: int = 0):
         self.settings = settings

@@ -150,6 +150,11 @@ def run_inline(
         raise ValueError(f'the policy was trained at {float(policy_rate):g} Hz but the body '
                          f'is controlled at {control_rate_hz:g} Hz; use a policy trained '
                          'for this rate or a robot file with its rate')
+    body_rate = default_control_rate_hz(body)
+    if (getattr(controller, 'runs_at_body_rate', False)
+            and abs(control_rate_hz - body_rate) > 1e-9):
+        raise ValueError(f"the '{controller.name}' controller plans at the body's own "
+                         f'{body_rate:g} Hz, not at {control_rate_hz:g} Hz')
     if list(clip.joint_names) != list(body.hinge_names):
         clip = clip.reorder_to(body.hinge_names)  # joints matched by name; ClipError if missing
     if not 0.0 <= start_time_s < clip.duration_s:

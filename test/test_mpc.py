@@ -123,6 +123,20 @@ def test_mpc_refuses_a_control_rate_other_than_the_bodys():
     assert len(result.times) == 5
 
 
+def test_settings_whose_rollouts_would_not_fit_in_memory_are_refused():
+    from vrat_ros.mpc import MAX_PLAN_BYTES
+    from vrat_ros.mpc import RAT_SETTINGS
+    robot = Robot('quadruped')
+    # Each count is within its own bound; together they would need far more than 4 GiB.
+    huge = MPCSettings(samples=4096, horizon_steps=4096, knots=4)
+    with pytest.raises(ValueError, match=r'samples x horizon_steps \(4096 x 4096\) would hold '
+                                         r'about \d+\.\d GiB .* at most 4 GiB'):
+        SamplingMPC(robot, huge)
+    # The shipped settings are far below the bound, on a robot and on the rat.
+    assert SamplingMPC(robot).memory_bytes() < MAX_PLAN_BYTES / 1000
+    assert SamplingMPC(RatBody(), RAT_SETTINGS).memory_bytes() < MAX_PLAN_BYTES / 1000
+
+
 def test_without_warm_start_the_command_depends_on_state_and_reference_only():
     # A policy learns from these commands, so nothing of earlier steps may enter them.
     robot = Robot('quadruped')

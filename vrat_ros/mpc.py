@@ -62,6 +62,9 @@ from vrat_ros.robots import Robot
 _STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS
 # Largest sample count, horizon, knot count, thread count and iteration count accepted.
 _MAX_COUNT = 4096
+# At most this many bytes of rollouts per sampling round (`SamplingMPC.memory_bytes`): the
+# count bounds alone allow samples x horizon_steps combinations that need hundreds of GiB.
+MAX_PLAN_BYTES = 4 * 2 ** 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,12 +240,31 @@ class SamplingMPC:
             self.model = pd_rollout_model(body)
             self._n_sub = body.n_substeps
             self._joint_cols = np.arange(7, body.nq)
+        need = self.memory_bytes()
+        if need > MAX_PLAN_BYTES:
+            s = self.settings
+            raise ValueError(
+                f'MPC settings samples x horizon_steps ({s.samples} x {s.horizon_steps}) would '
+                f'hold about {need / 2 ** 30:.1f} GiB of rollouts per control step on this '
+                f'body; at most {MAX_PLAN_BYTES / 2 ** 30:g} GiB: use fewer samples or a '
+                'shorter horizon')
         self._datas = [mujoco.MjData(self.model) for _ in range(self.settings.threads)]
         self._basis = _interpolation(self.settings.horizon_steps, self.settings.knots)
         self._state = np.empty(mujoco.mj_stateSize(self.model, _STATE))
         w = dict(self.settings.weights)
         self._w = (w['root_xy'], w['root_z'], w['orientation'], w['joints'])
         self.reset()
+
+    def memory_bytes(self) -> int:
+        """Returns about how many bytes one sampling round holds (rollouts and offsets).
+
+        A robot's rollouts keep every physics step's full state; the rat's are stepped one
+        control step at a time and keep the poses at their ends.
+        """
+        s = self.settings
+        nstate = mujoco.mj_stateSize(self.model, _STATE)
+        per_step = (self.robot.nq if self.is_rat else self._n_sub * nstate) + 2 * self.robot.nu
+        return 8 * s.samples * s.horizon_steps * per_step
 
     def reset(self, seed: int | npt.ArrayLike = 0) -> None:
         """Forgets the kept plan and restarts the noise from `seed`."""

@@ -81,6 +81,14 @@ def test_reward_is_high_on_the_reference_and_a_lost_root_fails():
     weights = DEFAULT_RL['reward']['weights']
     assert 0.8 * sum(weights.values()) < reward[0] <= sum(weights.values())
     assert not truncated.any()
+    # With episodes ending only 0.7 m away, the same 0.6 m is not a failure (no root reward).
+    robot, clips, envs = _envs(n=2, end_root_m=0.7)
+    envs.reset(np.arange(2), np.random.default_rng(0))
+    envs.state[1, 1] += 0.6
+    targets = envs.ref_q[envs.clip, envs.t + 1][:, robot.actuator_qposadr]
+    reward, failed, _ = envs.step(actions.action_of(targets))
+    assert not failed.any()
+    assert 0.0 < reward[1] < reward[0] - 0.9 * weights['root']
 
 
 def tiny_rl_config(iterations=3):
@@ -152,6 +160,10 @@ def test_rl_stage_changes_the_policy_and_resumes_exactly(tmp_path):
     ({'init_std_of_labels': 0}, 'rat', "'rl.init_std_of_labels' should be a number >= 0.001"),
     ({'value_hidden': [10 ** 23]}, 'quadruped', "'rl.value_hidden' should be a list"),
     ('many', 'quadruped', "setting 'rl' should be null or a mapping"),
+    ({'end_root_m': -0.1}, 'rat', "'rl.end_root_m' should be a number > 0"),
+    ({'reward': {'motor_joints_rad2': 0}}, 'rat', "'rl.reward.motor_joints_rad2' should be"),
+    ({'reward': {'weights': {'motor_joints': -1}}}, 'rat',
+     "'rl.reward.weights.motor_joints' should be a number >= 0"),
 ])
 def test_rl_settings_are_checked(rl, robot, message):
     config = default_config(small=True, robot=robot)

@@ -78,6 +78,10 @@ DEFAULT_RL = {
     'clip': 0.2,
     'max_grad_norm': 1.0,
     'max_episode_s': 6.0,
+    # Episodes end when the root is farther than this (m) from the reference; None: the
+    # body's own tracking limit (what `vrat eval` counts, the rat's 0.1 m). A looser limit
+    # lets an episode go on after the root falls behind, so the policy can learn to catch up.
+    'end_root_m': None,
     'reward': {'weights': {'root': 0.5, 'joints': 0.3, 'orientation': 0.2, 'smooth': 0.0,
                            'motor_joints': 0.0},
                'root_m': 0.25, 'joints_rad2': 0.05, 'orientation_rad': 0.5,
@@ -159,6 +163,8 @@ def check_settings(cfg: dict) -> None:
                     for h in hidden)):
         raise ValueError(f"setting 'rl.value_hidden' should be a list of 1 to 8 layer sizes "
                          f'from 1 to {_MAX_LAYER}: got {hidden!r}')
+    if cfg['end_root_m'] is not None:
+        _number('end_root_m', cfg['end_root_m'])
     reward = cfg['reward']
     for name in ('root_m', 'joints_rad2', 'orientation_rad', 'smooth_action',
                  'motor_joints_rad2'):
@@ -215,6 +221,8 @@ class TrackingEnvs:
             self.model = robot.model
             self.actions = None
         self.limits = tracking_limits(robot)
+        if cfg.get('end_root_m') is not None:
+            self.limits['root_dist_m'] = float(cfg['end_root_m'])
         self.frames = int(frames)
         self.joint_idx = np.asarray(joint_idx)
         self.n = int(cfg['envs'])

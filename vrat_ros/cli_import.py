@@ -153,8 +153,7 @@ def _summary(report: dict) -> str:
                      if p['slip_mm_s_median'] is not None))
         lines.append(f"  paws on the floor slide at a median {slip['slip_mm_s_median']:.0f} "
                      f"mm/s (worst paw {worst:.0f}; the root moves at a median "
-                     f"{slip['root_speed_mm_s_median']:.0f} mm/s): a body with friction "
-                     'cannot follow paws that slide')
+                     f"{slip['root_speed_mm_s_median']:.0f} mm/s)")
     return '\n'.join(lines)
 
 

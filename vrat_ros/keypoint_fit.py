@@ -580,6 +580,13 @@ def _support_points_down(
     return xpos + np.einsum('gij,gj->gi', rot, local)
 
 
+def _is_below(model: mujoco.MjModel, body: int, top: int) -> bool:
+    """Whether `body` is `top` or lies below it in the kinematic tree."""
+    while body > top:
+        body = int(model.body_parentid[body])
+    return body == top
+
+
 def _geom_extent(geom_type: int, size: np.ndarray) -> float:
     """Returns the largest distance (m) from a geom's centre to its surface."""
     if geom_type == _GEOM_CAPSULE:
@@ -736,13 +743,7 @@ class KeypointFitter:
         self.hinge_markers = []
         for j in hinges:
             top = int(m.jnt_bodyid[j])
-            below = []
-            for k, b in enumerate(self.marker_body):
-                b = int(b)
-                while b > top:
-                    b = int(m.body_parentid[b])
-                if b == top:
-                    below.append(k)
+            below = [k for k, b in enumerate(self.marker_body) if _is_below(m, int(b), top)]
             self.hinge_markers.append(np.array(below, dtype=int))
 
         # Collision geoms kept above the floor: every colliding non-tail geom of the rat.
@@ -778,13 +779,7 @@ class KeypointFitter:
             if paw_name not in names or limb_name not in names:
                 continue
             root, limb_root = names.index(paw_name), names.index(limb_name)
-            subtree = []
-            for b in range(m.nbody):
-                a = b
-                while a > root:
-                    a = int(m.body_parentid[a])
-                if a == root:
-                    subtree.append(b)
+            subtree = [b for b in range(m.nbody) if _is_below(m, b, root)]
             rows = np.flatnonzero(np.isin(geom_body, subtree))
             if rows.size == 0:
                 continue
@@ -1526,10 +1521,3 @@ def paw_slip(clip: Clip, contact_m: float = PAW_CONTACT_M,
     return {'paws': out,
             'slip_mm_s_median': float(np.median(pooled)) if pooled.size else None,
             'root_speed_mm_s_median': float(np.median(root)) if root.size else 0.0}
-
-
-def _is_below(model: mujoco.MjModel, body: int, top: int) -> bool:
-    """Whether `body` is `top` or lies below it in the kinematic tree."""
-    while body > top:
-        body = int(model.body_parentid[body])
-    return body == top

@@ -115,9 +115,13 @@ def test_mpc_refuses_a_control_rate_other_than_the_bodys():
     from vrat_ros.resources import default_clip_path
     body = RatBody()
     clip = Clip.load(default_clip_path())
-    with pytest.raises(ValueError, match="'mpc' controller plans at the body's own 50 Hz, "
-                                         'not at 100 Hz'):
-        run_inline(body, clip, MPCController(), seconds=0.04, control_rate_hz=100.0)
+    for rate, shown in ((100.0, '100.0'), (49.999999, '49.999999')):
+        with pytest.raises(ValueError, match=f"'mpc' controller plans at the body's own 50.0 "
+                                             f'Hz, not at {shown} Hz'):
+            run_inline(body, clip, MPCController(), seconds=0.04, control_rate_hz=rate)
+    for rate in (float('nan'), '50', True):
+        with pytest.raises(ValueError, match='control_rate_hz should be a positive number'):
+            run_inline(body, clip, MPCController(), seconds=0.04, control_rate_hz=rate)
     # Other controllers may run at another rate.
     result = run_inline(body, clip, PDController(), seconds=0.04, control_rate_hz=100.0)
     assert len(result.times) == 5
@@ -132,6 +136,8 @@ def test_settings_whose_rollouts_would_not_fit_in_memory_are_refused():
     with pytest.raises(ValueError, match=r'samples x horizon_steps \(4096 x 4096\) would hold '
                                          r'about \d+\.\d GiB .* at most 4 GiB'):
         SamplingMPC(robot, huge)
+    with pytest.raises(ValueError, match='MPC setting threads should be at most 64'):
+        MPCSettings(threads=65)
     # The shipped settings are far below the bound, on a robot and on the rat.
     assert SamplingMPC(robot).memory_bytes() < MAX_PLAN_BYTES / 1000
     assert SamplingMPC(RatBody(), RAT_SETTINGS).memory_bytes() < MAX_PLAN_BYTES / 1000

@@ -60,8 +60,9 @@ from vrat_ros.rat_model import RatBody
 from vrat_ros.robots import Robot
 
 _STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS
-# Largest sample count, horizon, knot count, thread count and iteration count accepted.
+# Largest sample count, horizon, knot count and iteration count accepted; thread count.
 _MAX_COUNT = 4096
+_MAX_THREADS = 64
 # At most this many bytes of rollouts per sampling round (`SamplingMPC.memory_bytes`): the
 # count bounds alone allow samples x horizon_steps combinations that need hundreds of GiB.
 MAX_PLAN_BYTES = 4 * 2 ** 30
@@ -106,8 +107,11 @@ class MPCSettings:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f'MPC setting {name} should be a positive integer: got {value!r}')
-            if value > _MAX_COUNT:  # the rollouts' memory grows with samples x horizon
-                raise ValueError(f'MPC setting {name} should be at most {_MAX_COUNT}: got {value}')
+            # The rollouts' memory grows with samples x horizon; each thread holds an MjData
+            # (the rat's reserves about 3 GB of address space).
+            most = _MAX_THREADS if name == 'threads' else _MAX_COUNT
+            if value > most:
+                raise ValueError(f'MPC setting {name} should be at most {most}: got {value}')
         if self.samples < 2:
             raise ValueError(f'MPC setting samples should be at least 2: got {self.samples}')
         if not 2 <= self.knots <= self.horizon_steps:
@@ -256,15 +260,20 @@ class SamplingMPC:
         self.reset()
 
     def memory_bytes(self) -> int:
-        """Returns about how many bytes one sampling round holds (rollouts and offsets).
+        """Returns an upper estimate of the bytes one sampling round holds.
 
-        A robot's rollouts keep every physics step's full state; the rat's are stepped one
-        control step at a time and keep the poses at their ends.
+        A robot's rollouts keep every physics step's full state, sensor values and control;
+        the rat's are stepped one control step at a time and keep the poses at their ends.
+        Both hold a few (samples, horizon, nu) arrays of offsets and commands. Twice the sum
+        of those arrays covers the temporaries (measured with tracemalloc: 1.3-1.6 times).
         """
-        s = self.settings
-        nstate = mujoco.mj_stateSize(self.model, _STATE)
-        per_step = (self.robot.nq if self.is_rat else self._n_sub * nstate) + 2 * self.robot.nu
-        return 8 * s.samples * s.horizon_steps * per_step
+        s, nu = self.settings, self.robot.nu
+        physics_step = (mujoco.mj_stateSize(self.model, _STATE) + self.model.nsensordata + nu)
+        if self.is_rat:
+            per_step = self.robot.nq + 4 * nu + physics_step * self._n_sub / s.horizon_steps
+        else:
+            per_step = physics_step * self._n_sub + 4 * nu
+        return int(2 * 8 * s.samples * s.horizon_steps * per_step)
 
     def reset(self, seed: int | npt.ArrayLike = 0) -> None:
         """Forgets the kept plan and restarts the noise from `seed`."""

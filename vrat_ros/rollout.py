@@ -144,6 +144,10 @@ def run_inline(
     """
     if control_rate_hz is None:
         control_rate_hz = default_control_rate_hz(body)
+    ok = isinstance(control_rate_hz, (int, float, np.floating, np.integer))
+    if not (ok and not isinstance(control_rate_hz, bool) and np.isfinite(control_rate_hz)
+            and control_rate_hz > 0):
+        raise ValueError(f'control_rate_hz should be a positive number: got {control_rate_hz!r}')
     # A policy runs at the rate it was trained for: refuse a body that steps at another one.
     policy_rate = getattr(getattr(controller, 'policy', None), 'control_rate_hz', None)
     if policy_rate is not None and abs(float(policy_rate) - control_rate_hz) > 1e-9:
@@ -154,7 +158,7 @@ def run_inline(
     if (getattr(controller, 'runs_at_body_rate', False)
             and abs(control_rate_hz - body_rate) > 1e-9):
         raise ValueError(f"the '{controller.name}' controller plans at the body's own "
-                         f'{body_rate:g} Hz, not at {control_rate_hz:g} Hz')
+                         f'{body_rate!r} Hz, not at {float(control_rate_hz)!r} Hz')
     if list(clip.joint_names) != list(body.hinge_names):
         clip = clip.reorder_to(body.hinge_names)  # joints matched by name; ClipError if missing
     if not 0.0 <= start_time_s < clip.duration_s:

@@ -89,6 +89,10 @@ def test_reward_is_high_on_the_reference_and_a_lost_root_fails():
     reward, failed, _ = envs.step(actions.action_of(targets))
     assert not failed.any()
     assert 0.0 < reward[1] < reward[0] - 0.9 * weights['root']
+    # It loosens the end only: a limit below the body's own is refused, naming both.
+    with pytest.raises(ValueError, match=r"'rl.end_root_m' \(0.2 m\) should be at least the "
+                                         r"body's tracking limit \(0.5 m\)"):
+        _envs(n=2, end_root_m=0.2)
 
 
 def tiny_rl_config(iterations=3):
@@ -161,6 +165,8 @@ def test_rl_stage_changes_the_policy_and_resumes_exactly(tmp_path):
     ({'value_hidden': [10 ** 23]}, 'quadruped', "'rl.value_hidden' should be a list"),
     ('many', 'quadruped', "setting 'rl' should be null or a mapping"),
     ({'end_root_m': -0.1}, 'rat', "'rl.end_root_m' should be a number > 0"),
+    ({'reward': {'weights': {'motor_joints': 1e308}}}, 'rat',
+     "'rl.reward.weights.motor_joints' should be a number >= 0 and <= 1000"),
     ({'reward': {'motor_joints_rad2': 0}}, 'rat', "'rl.reward.motor_joints_rad2' should be"),
     ({'reward': {'weights': {'motor_joints': -1}}}, 'rat',
      "'rl.reward.weights.motor_joints' should be a number >= 0"),

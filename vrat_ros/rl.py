@@ -175,8 +175,8 @@ def check_settings(cfg: dict) -> None:
     if set(weights) != set(DEFAULT_RL['reward']['weights']):
         raise ValueError("setting 'rl.reward.weights' should have exactly the keys "
                          f"{sorted(DEFAULT_RL['reward']['weights'])}: got {sorted(weights)}")
-    for name, value in weights.items():
-        _number(f'reward.weights.{name}', value, low_inclusive=True)
+    for name, value in weights.items():  # relative weights; huge ones overflow the critic
+        _number(f'reward.weights.{name}', value, low_inclusive=True, high=1000.0)
     if not any(float(v) > 0 for v in weights.values()):
         raise ValueError("setting 'rl.reward.weights' should give at least one term a weight "
                          '> 0: with all at 0 the reward is always 0')
@@ -224,6 +224,11 @@ class TrackingEnvs:
             self.actions = None
         self.limits = tracking_limits(robot)
         if cfg.get('end_root_m') is not None:
+            if float(cfg['end_root_m']) < self.limits['root_dist_m']:
+                raise ValueError(f"setting 'rl.end_root_m' ({cfg['end_root_m']:g} m) should be "
+                                 f"at least the body's tracking limit "
+                                 f"({self.limits['root_dist_m']:g} m): it loosens the "
+                                 'episode end, it cannot tighten it')
             self.limits['root_dist_m'] = float(cfg['end_root_m'])
         self.frames = int(frames)
         self.joint_idx = np.asarray(joint_idx)

@@ -548,5 +548,8 @@ def test_paw_slip_is_the_speed_of_paws_dragged_along_the_floor():
     up = kf.paw_slip(lifted, body=body)
     assert up['slip_mm_s_median'] is None
     assert all(p['contact_fraction'] == 0.0 for p in up['paws'].values())
-    with pytest.raises(ValueError, match='contact_m should be >= 0'):
-        kf.paw_slip(still, contact_m=float('nan'), body=body)
+    for bad in (float('nan'), -1.0, '5', None):
+        with pytest.raises(ValueError, match='contact_m should be a number >= 0'):
+            kf.paw_slip(still, contact_m=bad, body=body)
+    with pytest.raises(ValueError, match='the body has scale 1.2 but the clip was made for 0.9'):
+        kf.paw_slip(still, body=RatBody(scale=1.2))

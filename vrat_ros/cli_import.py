@@ -149,11 +149,18 @@ def _summary(report: dict) -> str:
                 'floor)' if n == 0 else ''))
     slip = report.get('paw_slip')
     if slip and slip['slip_mm_s_median'] is not None:
-        worst = max((p['slip_mm_s_median'] for p in slip['paws'].values()
-                     if p['slip_mm_s_median'] is not None))
+        # The worst paw among those on the floor in at least a tenth of the frames: a paw
+        # that touches down for a frame or two says little.
+        often = [p['slip_mm_s_median'] for p in slip['paws'].values()
+                 if p['slip_mm_s_median'] is not None and p['contact_fraction'] >= 0.1]
+        worst = f'worst paw {max(often):.0f}; ' if often else ''
         lines.append(f"  paws on the floor slide at a median {slip['slip_mm_s_median']:.0f} "
-                     f"mm/s (worst paw {worst:.0f}; the root moves at a median "
+                     f"mm/s ({worst}the root moves at a median "
                      f"{slip['root_speed_mm_s_median']:.0f} mm/s)")
+    elif slip:
+        from vrat_ros.keypoint_fit import PAW_CONTACT_M
+        lines.append(f'  no paw touches the floor (within {PAW_CONTACT_M * 1e3:g} mm) in two '
+                     'frames running: no paw slip to measure')
     return '\n'.join(lines)
 
 

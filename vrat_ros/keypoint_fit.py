@@ -1473,9 +1473,13 @@ def paw_slip(clip: Clip, contact_m: float = PAW_CONTACT_M,
         'slip_mm_s_median': over the contact pairs of all paws (None without contact),
         'root_speed_mm_s_median': the root's horizontal speed, for scale}.
     """
-    if not (np.isfinite(contact_m) and contact_m >= 0):
-        raise ValueError(f'contact_m should be >= 0: got {contact_m}')
+    number = isinstance(contact_m, (int, float, np.floating, np.integer))
+    if not (number and np.isfinite(contact_m) and contact_m >= 0):
+        raise ValueError(f'contact_m should be a number >= 0: got {contact_m!r}')
     body = RatBody(scale=clip.body_scale) if body is None else body
+    if abs(body.scale - float(clip.body_scale)) > 1e-9:
+        raise ValueError(f'the body has scale {body.scale:g} but the clip was made for '
+                         f'{float(clip.body_scale):g}')
     if list(clip.joint_names) != list(body.hinge_names):
         clip = clip.reorder_to(body.hinge_names)
     m = body.model

@@ -580,6 +580,16 @@ def _support_points_down(
     return xpos + np.einsum('gij,gj->gi', rot, local)
 
 
+def _floor_geoms(model: mujoco.MjModel, body_names: Sequence[str]) -> np.ndarray:
+    """Returns the geoms the fit keeps above the floor: every colliding non-tail geom."""
+    return np.array([
+        g for g in range(model.ngeom)
+        if model.geom_bodyid[g] > 1 and (model.geom_contype[g] or model.geom_conaffinity[g])
+        and not body_names[model.geom_bodyid[g]].startswith(rc.TAIL_BODY_PREFIX)
+        and int(model.geom_type[g]) in _FLOOR_GEOM_TYPES
+    ], dtype=int)
+
+
 def _is_below(model: mujoco.MjModel, body: int, top: int) -> bool:
     """Whether `body` is `top` or lies below it in the kinematic tree."""
     while body > top:
@@ -746,14 +756,7 @@ class KeypointFitter:
             below = [k for k, b in enumerate(self.marker_body) if _is_below(m, int(b), top)]
             self.hinge_markers.append(np.array(below, dtype=int))
 
-        # Collision geoms kept above the floor: every colliding non-tail geom of the rat.
-        names = self.body.body_names
-        self.floor_geoms = np.array([
-            g for g in range(m.ngeom)
-            if m.geom_bodyid[g] > 1 and (m.geom_contype[g] or m.geom_conaffinity[g])
-            and not names[m.geom_bodyid[g]].startswith(rc.TAIL_BODY_PREFIX)
-            and int(m.geom_type[g]) in _FLOOR_GEOM_TYPES
-        ], dtype=int)
+        self.floor_geoms = _floor_geoms(m, self.body.body_names)
         self._jacp = np.zeros((3, m.nv))
         self._jacp_b = np.zeros((3, m.nv))
         self._diff = np.zeros(m.nv)
@@ -1485,15 +1488,14 @@ def paw_slip(clip: Clip, contact_m: float = PAW_CONTACT_M,
     m = body.model
     data = mujoco.MjData(m)
     names = body.body_names
+    floor = _floor_geoms(m, names)
     paws = []
     for paw_name, _ in PAW_LIMBS:
         if paw_name not in names:
             continue
         paw = names.index(paw_name)
         below = [b for b in range(m.nbody) if _is_below(m, b, paw)]
-        geoms = np.array([g for g in range(m.ngeom) if m.geom_bodyid[g] in below
-                          and (m.geom_contype[g] or m.geom_conaffinity[g])
-                          and int(m.geom_type[g]) in _FLOOR_GEOM_TYPES], dtype=int)
+        geoms = floor[np.isin(m.geom_bodyid[floor], below)]
         if geoms.size:
             paws.append((paw_name, paw, geoms))
     n = clip.qpos.shape[0]

@@ -142,8 +142,9 @@ def run_inline(
         ValueError: bad times or rate.
         ClipError: the clip lacks joints of the body.
     """
+    body_rate = default_control_rate_hz(body)
     if control_rate_hz is None:
-        control_rate_hz = default_control_rate_hz(body)
+        control_rate_hz = body_rate
     ok = isinstance(control_rate_hz, (int, float, np.floating, np.integer))
     if not (ok and not isinstance(control_rate_hz, bool) and np.isfinite(control_rate_hz)
             and control_rate_hz > 0):
@@ -154,7 +155,6 @@ def run_inline(
         raise ValueError(f'the policy was trained at {float(policy_rate):g} Hz but the body '
                          f'is controlled at {control_rate_hz:g} Hz; use a policy trained '
                          'for this rate or a robot file with its rate')
-    body_rate = default_control_rate_hz(body)
     if (getattr(controller, 'runs_at_body_rate', False)
             and abs(control_rate_hz - body_rate) > 1e-9):
         raise ValueError(f"the '{controller.name}' controller plans at the body's own "

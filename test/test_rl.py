@@ -2,6 +2,7 @@
 
 import shutil
 
+import mujoco
 import numpy as np
 import pytest
 
@@ -311,3 +312,41 @@ def test_motor_joint_term_sees_only_the_joints_with_a_motor_of_their_own(rat_bod
                                rtol=1e-9)
     # Off by default: the default reward is unchanged by a limb error's motor-joint term.
     assert DEFAULT_RL['reward']['weights']['motor_joints'] == 0.0
+
+
+def test_root_velocity_term_compares_the_roots_motion_over_the_step(rat_body):
+    # The term rewards moving the root as fast as the reference root moves: a walking
+    # reference left behind by a body standing still must score below one that keeps up.
+    from vrat_ros.resources import data_path
+    clip = Clip.load(data_path('clips', 'rat7m_walk_2010_2310.npz')).reorder_to(
+        rat_body.hinge_names)
+    only_vel = {'weights': {'root': 0.0, 'joints': 0.0, 'orientation': 0.0,
+                            'root_velocity': 1.0}, 'root_velocity_m_s': 0.1}
+    envs = TrackingEnvs(rat_body, [clip], 5, rat_body.tracked_hinge_idx,
+                        rl_settings({'rl': {'envs': 2, 'threads': 1, 'reward': only_vel}}))
+    ref = np.repeat(envs.ref_q[0, 10][None], 2, axis=0)
+    np.testing.assert_allclose(envs.reward_of(ref, ref, np.zeros(2), np.array([0.0, 0.1])),
+                               [1.0, np.exp(-1.0)], rtol=1e-12)
+    with pytest.raises(ValueError, match='needs root_velocity_error'):
+        envs.reward_of(ref, ref, np.zeros(2))
+    # One step from t = 30: the reward is exp(-(v / 0.1)^2) with v the distance between the
+    # root's and the reference root's mean velocities over the step, from the states.
+    envs.reset(np.arange(2), np.random.default_rng(0))
+    envs.clip[:] = 0
+    envs.t[:] = 30
+    for i in range(2):
+        envs._scratch.qpos[:] = envs.ref_q[0, 30]
+        envs._scratch.qvel[:] = envs.ref_v[0, 30] * (1.0 - i)  # env 1 starts at rest
+        mujoco.mj_forward(envs.model, envs._scratch)
+        mujoco.mj_getState(envs.model, envs._scratch, envs.state[i],
+                           mujoco.mjtState.mjSTATE_FULLPHYSICS)
+    before = envs.qpos()[:, :3].copy()
+    reward, failed, _ = envs.step(np.zeros((2, rat_body.nu)))
+    assert not failed.any()
+    moved = envs.qpos()[:, :3] - before
+    ref_moved = envs.ref_q[0, 31, :3] - envs.ref_q[0, 30, :3]
+    v = np.linalg.norm(moved - ref_moved, axis=1) / envs.dt
+    np.testing.assert_allclose(reward, np.exp(-(v / 0.1) ** 2), rtol=1e-9)
+    assert np.linalg.norm(ref_moved) / envs.dt > 0.05  # the reference root does move here
+    assert reward[0] > reward[1]                       # keeping up beats starting at rest
+    assert DEFAULT_RL['reward']['weights']['root_velocity'] == 0.0

@@ -18,8 +18,10 @@ its controllers, at the small scale a 2-core machine allows:
     weights['motor_joints'] x exp(-(mean squared error of the joints with a motor of their
     own) / motor_joints_rad2) + weights['orientation'] x exp(-(angle / orientation_rad)^2) +
     weights['smooth'] x exp(-(mean squared action change since the last step) /
-    smooth_action), with d the root's distance to the reference root and angle the trunk's
-    rotation away from the reference's. The smoothness and motor-joint terms are off by
+    smooth_action) + weights['root_velocity'] x exp(-(v / root_velocity_m_s)^2), with d the
+    root's distance to the reference root, angle the trunk's rotation away from the
+    reference's and v the distance between the root's mean velocity over the control step
+    and the reference root's. The smoothness, motor-joint and root-velocity terms are off by
     default (weight 0). The motor-joint term exists for the rat: its mean over all hinges is
     dominated by the spine and neck (tendon-driven, 15-20 degree errors), so a tight
     joints_rad2 would give no signal, and RL on the other terms alone lets the limbs drift
@@ -85,9 +87,10 @@ DEFAULT_RL = {
     # gain; held-out tracked fraction 0.35 (0.34 without), larger joint and body errors.
     'end_root_m': None,
     'reward': {'weights': {'root': 0.5, 'joints': 0.3, 'orientation': 0.2, 'smooth': 0.0,
-                           'motor_joints': 0.0},
+                           'motor_joints': 0.0, 'root_velocity': 0.0},
                'root_m': 0.25, 'joints_rad2': 0.05, 'orientation_rad': 0.5,
-               'smooth_action': 0.01, 'motor_joints_rad2': 0.0025},
+               'smooth_action': 0.01, 'motor_joints_rad2': 0.0025,
+               'root_velocity_m_s': 0.1},
     'threads': 2,                 # rollout threads
     'eval_every': 100,            # closed-loop evaluation period in iterations
     'checkpoint_every': 25,
@@ -169,7 +172,7 @@ def check_settings(cfg: dict) -> None:
         _number('end_root_m', cfg['end_root_m'])
     reward = cfg['reward']
     for name in ('root_m', 'joints_rad2', 'orientation_rad', 'smooth_action',
-                 'motor_joints_rad2'):
+                 'motor_joints_rad2', 'root_velocity_m_s'):
         _number(f'reward.{name}', reward[name])
     weights = reward['weights']
     if set(weights) != set(DEFAULT_RL['reward']['weights']):
@@ -314,6 +317,8 @@ class TrackingEnvs:
             truncated (envs,) bool (tracked, but the episode ends: clip end or max length).
         """
         command = np.clip(actions, -1.0, 1.0)
+        root_before = self.qpos()[:, :3].copy()
+        ref_before = self.ref_q[self.clip, np.minimum(self.t, self.lengths[self.clip] - 1), :3]
         change = np.where(self.has_prev, np.mean((command - self.prev) ** 2, axis=1), 0.0)
         self.prev, self.has_prev = command.copy(), np.ones(self.n, dtype=bool)
         if self.actions is not None:
@@ -333,20 +338,31 @@ class TrackingEnvs:
             lo, hi = self.limits['torso_z_range_m']
             failed = (~finite | (dist > self.limits['root_dist_m'])
                       | (joint_sq > self.limits['joint_sq_err_rad2']) | (z < lo) | (z > hi))
-            reward = self.reward_of(q, ref, change)
+            # The root's mean velocity over the step against the reference root's (m/s).
+            vel_err = np.linalg.norm((q[:, :3] - root_before) - (ref[:, :3] - ref_before),
+                                     axis=1) / self.dt
+            reward = self.reward_of(q, ref, change, vel_err)
         reward = np.where(failed, 0.0, np.nan_to_num(reward))
         truncated = ~failed & ((self.age >= self.max_age)
                                | (self.t >= self.lengths[self.clip] - 1))
         return reward, failed, truncated
 
-    def reward_of(self, q: np.ndarray, ref: np.ndarray, change: np.ndarray) -> np.ndarray:
+    def reward_of(self, q: np.ndarray, ref: np.ndarray, change: np.ndarray,
+                  root_velocity_error: np.ndarray | None = None) -> np.ndarray:
         """Returns the reward of (envs, nq) positions `q` against reference positions `ref`.
 
-        `change` is each environment's mean squared action change; failure is not
+        `change` is each environment's mean squared action change and
+        `root_velocity_error` (needed when its weight is not 0) the distance (m/s) between
+        the root's mean velocity over the step and the reference root's; failure is not
         considered here (`step` zeroes the reward of failed frames).
         """
         r = self.cfg['reward']
         w = r['weights']
+        if root_velocity_error is None:
+            if w['root_velocity'] != 0:
+                raise ValueError('reward_of needs root_velocity_error when '
+                                 "'reward.weights.root_velocity' is not 0")
+            root_velocity_error = np.zeros(len(q))
         dist = np.linalg.norm(q[:, :3] - ref[:, :3], axis=1)
         joint_ms = np.mean((q[:, self.joints] - ref[:, self.joints]) ** 2, axis=1)
         motor_ms = (np.mean((q[:, self.motor_joints] - ref[:, self.motor_joints]) ** 2, axis=1)
@@ -356,7 +372,9 @@ class TrackingEnvs:
                 + w['joints'] * np.exp(-joint_ms / r['joints_rad2'])
                 + w['motor_joints'] * np.exp(-motor_ms / r['motor_joints_rad2'])
                 + w['orientation'] * np.exp(-(angle / r['orientation_rad']) ** 2)
-                + w['smooth'] * np.exp(-change / r['smooth_action']))
+                + w['smooth'] * np.exp(-change / r['smooth_action'])
+                + w['root_velocity'] * np.exp(-(root_velocity_error
+                                                / r['root_velocity_m_s']) ** 2))
 
     def snapshot(self) -> dict:
         return {'state': self.state.copy(), 'clip': self.clip.copy(), 't': self.t.copy(),

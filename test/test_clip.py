@@ -99,6 +99,10 @@ def test_bad_files_give_clear_errors(tmp_path):
         Clip(qpos=np.zeros((3, 10)), fps=50, joint_names=['a'], body_scale=0.9, meta={})
     with pytest.raises(ClipError, match='non-finite'):
         Clip(qpos=np.full((3, 8), np.nan), fps=50, joint_names=['a'], body_scale=0.9, meta={})
+    for fps in (0.0, np.inf, 1e308):  # 1e308 was accepted and gave inf velocities
+        with pytest.raises(ClipError, match='fps should be a number > 0 and <= 100000'):
+            _clip(fps=fps)
+    assert np.all(np.isfinite(_clip(fps=1e5).velocity(0.0)))
 
 
 def test_failed_save_leaves_the_old_file_untouched(tmp_path, monkeypatch):

@@ -517,6 +517,10 @@ def test_cli_usage_errors_exit_2():
     with pytest.raises(SystemExit) as exc:
         _parser().parse_args(['import', 'x.mat', '--fps', '-5'])
     assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:  # was accepted, and made inf velocities
+        _parser().parse_args(['import', 'x.mat', '--fps', '1e308'])
+    assert exc.value.code == 2
+    assert _parser().parse_args(['import', 'x.mat', '--fps', '1e5']).fps == 1e5
     with pytest.raises(SystemExit) as exc:
         _parser().parse_args(['import', 'x.mat', '--frames', '9:3'])
     assert exc.value.code == 2

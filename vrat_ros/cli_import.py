@@ -25,6 +25,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _frame_rate(text: str) -> float:
+    from vrat_ros.clip import MAX_FPS
+    value = _positive_float(text)
+    if value > MAX_FPS:
+        raise argparse.ArgumentTypeError(
+            f'expected a frame rate of at most {MAX_FPS:g} Hz: got {text!r}')
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -62,7 +71,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                                 'Rat7M `data_3d`), .nwb (ndx-pose) or .npz (keypoints).')
     p.add_argument('--format', choices=FORMATS, default='auto',
                    help='File format (default auto: detected from the content).')
-    p.add_argument('--fps', type=_positive_float,
+    p.add_argument('--fps', type=_frame_rate,
                    help='Frame rate of the recording in Hz (default: the rate the file '
                         'stores; else 30 for Rat7M and 50 otherwise, reported as assumed).')
     p.add_argument('--units', choices=UNITS, default='auto',

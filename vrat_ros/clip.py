@@ -23,6 +23,9 @@ import numpy.typing as npt
 
 from vrat_ros.errors import ClipError
 
+# Frame rates above this are refused: no motion capture runs that fast, and finite
+# differences at absurd rates (an --fps typo such as 1e308) overflow to inf velocities.
+MAX_FPS = 100_000.0
 _REQUIRED = ('qpos', 'fps', 'joint_names', 'body_scale', 'meta_json')
 
 
@@ -103,8 +106,9 @@ class Clip:
                 f'{len(self.joint_names)} joint names')
         if not np.all(np.isfinite(self.qpos)):
             raise ClipError('clip qpos has non-finite values')
-        if not (np.isfinite(self.fps) and self.fps > 0):
-            raise ClipError(f'clip fps should be a positive number: got {self.fps}')
+        if not (np.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
+            raise ClipError(f'clip fps should be a number > 0 and <= {MAX_FPS:g}: '
+                            f'got {self.fps}')
         self.fps = float(self.fps)
         self.joint_names = [str(n) for n in self.joint_names]
         self.qpos[:, 3:7] = quat_normalize(self.qpos[:, 3:7])

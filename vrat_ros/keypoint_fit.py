@@ -39,6 +39,7 @@ import yaml
 
 from vrat_ros import rat_constants as rc
 from vrat_ros.clip import Clip
+from vrat_ros.clip import MAX_FPS
 from vrat_ros.errors import ClipError
 from vrat_ros.rat_model import RatBody
 
@@ -1332,8 +1333,9 @@ def fit_keypoint_file(
     Raises:
         ClipError: the file cannot be read, or fewer than 2 frames were found.
     """
-    if fps is not None and not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f'fps should be a positive number of frames per second: got {fps}')
+    if fps is not None and not (np.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise ValueError(f'fps should be a number of frames per second > 0 and <= '
+                         f'{MAX_FPS:g}: got {fps}')
     if isinstance(marker_set, (str, os.PathLike)):
         marker_set = load_marker_set(str(marker_set))
     elif marker_set is None:

@@ -610,3 +610,21 @@ def test_cli_import_writes_no_clip_when_every_frame_failed(tmp_path, capsys, moc
     with pytest.raises(ClipError, match=r'every frame failed to fit \(3 of 3'):
         importers.import_clip(path, units='mm', out=str(out))
     assert not out.exists()
+
+
+def test_import_summary_says_how_far_the_paws_are_carried():
+    from vrat_ros.cli_import import _summary
+    report = {'source': 'x.p', 'format': 'stac', 'out': 'x.npz', 'fps_assumed': False,
+              'fps_source': 'file', 'frames': 10, 'fps': 50.0, 'duration_s': 0.18,
+              'body_scale': 0.9, 'residual_mm_mean': None,
+              'paw_slip': {'paws': {'foot_L': {'contact_fraction': 1.0,
+                                               'slip_mm_s_median': 80.0,
+                                               'slip_mm_s_p90': 90.0,
+                                               'carried_ratio': 0.8}},
+                           'slip_mm_s_median': 80.0, 'carried_ratio': 0.8,
+                           'root_speed_mm_s_median': 100.0}}
+    text = _summary(report)
+    assert 'slide at a median 80 mm/s (worst paw 80; the root moves at a median 100' in text
+    assert 'go along with it at 0.80 of its speed' in text
+    report['paw_slip']['carried_ratio'] = None  # the root never moved
+    assert 'go along with it' not in _summary(report)

@@ -542,6 +542,16 @@ def test_paw_slip_is_the_speed_of_paws_dragged_along_the_floor():
     for f in feet:
         assert moving['paws'][f]['slip_mm_s_median'] == pytest.approx(100.0, rel=1e-6)
     assert moving['root_speed_mm_s_median'] == pytest.approx(100.0, rel=1e-6)
+    # Carried with the root, forwards or backwards: a carried ratio of 1 (a planted paw: 0).
+    back = Clip(qpos=slid[::-1], fps=50.0, joint_names=clip.joint_names,
+                body_scale=clip.body_scale, meta={})
+    for result in (moving, kf.paw_slip(back, body=body)):
+        assert result['carried_ratio'] == pytest.approx(1.0, abs=1e-9)
+        for f in feet:
+            assert result['paws'][f]['carried_ratio'] == pytest.approx(1.0, abs=1e-9)
+    # Held still, the root never moves: no ratio to give.
+    assert at_rest['carried_ratio'] is None
+    assert all(p['carried_ratio'] is None for p in at_rest['paws'].values())
     # Lifted 0.3 m, no paw is on the floor: no slip to measure.
     lifted = Clip(qpos=slid + np.r_[0.0, 0.0, 0.3, np.zeros(len(pose) - 3)], fps=50.0,
                   joint_names=clip.joint_names, body_scale=clip.body_scale, meta={})

@@ -166,6 +166,10 @@ def _summary(report: dict) -> str:
         lines.append(f"  paws on the floor slide at a median {slip['slip_mm_s_median']:.0f} "
                      f"mm/s ({worst}the root moves at a median "
                      f"{slip['root_speed_mm_s_median']:.0f} mm/s)")
+        if slip.get('carried_ratio') is not None:
+            lines.append(f"  while the root moves, paws on the floor go along with it at "
+                         f"{slip['carried_ratio']:.2f} of its speed (0: planted, as a "
+                         'walking paw is; 1: carried along)')
     elif slip:
         from vrat_ros.keypoint_fit import PAW_CONTACT_M
         lines.append(f'  no paw touches the floor (within {PAW_CONTACT_M * 1e3:g} mm) in two '

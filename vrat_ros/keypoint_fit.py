@@ -1454,6 +1454,8 @@ def pose_holdability(clip: Clip, frames: Sequence[int] | None = None, n_frames: 
 
 # A paw counts as on the floor when the lowest point of its geoms is this close to it (m).
 PAW_CONTACT_M = 0.005
+# paw_slip's carried ratio uses the frame pairs where the root moves at least this fast (m/s).
+ROOT_MOVING_M_S = 0.05
 
 
 def paw_slip(clip: Clip, contact_m: float = PAW_CONTACT_M,
@@ -1467,6 +1469,12 @@ def paw_slip(clip: Clip, contact_m: float = PAW_CONTACT_M,
     is within `contact_m` of the floor in both; the slip is then the horizontal speed of the
     paw's own body origin (the wrist or ankle) between them.
 
+    The carried ratio says whether that slide is the body dragging its paws along: over the
+    contact pairs in which the root moves at least `ROOT_MOVING_M_S`, the mean of the paw's
+    velocity along the root's direction of travel divided by the root's speed. A planted
+    paw gives 0 (the body moves over it, as in real walking); a paw carried along with the
+    root gives 1; a paw swept forward while still on the floor gives more.
+
     Args:
         clip: a rat clip (any joint order), at its own frame rate.
         contact_m: height of a paw's lowest point (m) under which it is on the floor.
@@ -1474,8 +1482,10 @@ def paw_slip(clip: Clip, contact_m: float = PAW_CONTACT_M,
 
     Returns:
         {'paws': {paw: {'contact_fraction': share of frame pairs in contact,
-        'slip_mm_s_median', 'slip_mm_s_p90': over those pairs (None without contact)}},
+        'slip_mm_s_median', 'slip_mm_s_p90': over those pairs (None without contact),
+        'carried_ratio': see above (None without a contact pair with the root moving)}},
         'slip_mm_s_median': over the contact pairs of all paws (None without contact),
+        'carried_ratio': over those pairs of all paws (None without any),
         'root_speed_mm_s_median': the root's horizontal speed, for scale}.
     """
     number = isinstance(contact_m, (int, float, np.floating, np.integer))
@@ -1514,18 +1524,30 @@ def paw_slip(clip: Clip, contact_m: float = PAW_CONTACT_M,
     fps = float(clip.fps)
     on = low <= contact_m
     contact = on[:-1] & on[1:]
-    speed = np.linalg.norm(np.diff(xy, axis=0), axis=2) * fps * 1e3
-    out, pooled = {}, []
+    paw_vel = np.diff(xy, axis=0) * fps                      # (n - 1, paws, 2) m/s
+    speed = np.linalg.norm(paw_vel, axis=2) * 1e3
+    root_vel = np.diff(clip.qpos[:, :2], axis=0) * fps       # (n - 1, 2) m/s
+    root_speed = np.linalg.norm(root_vel, axis=1)
+    moving = root_speed >= ROOT_MOVING_M_S
+    # Each paw's velocity along the root's direction of travel, over the root's speed.
+    along = np.einsum('tpk,tk->tp', paw_vel, root_vel) / np.maximum(root_speed, 1e-12)[:, None]
+    carried = along / np.maximum(root_speed, 1e-12)[:, None]
+    out, pooled, pooled_carried = {}, [], []
     for i, (paw_name, _, _) in enumerate(paws):
         s = speed[contact[:, i], i]
+        c = carried[contact[:, i] & moving, i]
         pooled.append(s)
+        pooled_carried.append(c)
         out[paw_name] = {
             'contact_fraction': float(np.mean(contact[:, i])) if n > 1 else 0.0,
             'slip_mm_s_median': float(np.median(s)) if s.size else None,
             'slip_mm_s_p90': float(np.percentile(s, 90)) if s.size else None,
+            'carried_ratio': float(np.mean(c)) if c.size else None,
         }
     pooled = np.concatenate(pooled) if pooled else np.zeros(0)
-    root = np.linalg.norm(np.diff(clip.qpos[:, :2], axis=0), axis=1) * fps * 1e3
+    pooled_carried = np.concatenate(pooled_carried) if pooled_carried else np.zeros(0)
     return {'paws': out,
             'slip_mm_s_median': float(np.median(pooled)) if pooled.size else None,
-            'root_speed_mm_s_median': float(np.median(root)) if root.size else 0.0}
+            'carried_ratio': float(np.mean(pooled_carried)) if pooled_carried.size else None,
+            'root_speed_mm_s_median': (float(np.median(root_speed)) * 1e3
+                                       if root_speed.size else 0.0)}

@@ -99,10 +99,23 @@ def test_bad_files_give_clear_errors(tmp_path):
         Clip(qpos=np.zeros((3, 10)), fps=50, joint_names=['a'], body_scale=0.9, meta={})
     with pytest.raises(ClipError, match='non-finite'):
         Clip(qpos=np.full((3, 8), np.nan), fps=50, joint_names=['a'], body_scale=0.9, meta={})
-    for fps in (0.0, np.inf, 1e308):  # 1e308 was accepted and gave inf velocities
-        with pytest.raises(ClipError, match='fps should be a number > 0 and <= 100000'):
+    # 1e308 was accepted and gave inf velocities; 5e-324 a clip lasting forever; an array of
+    # two rates or a string in a file gave a TypeError naming neither the file nor fps.
+    for fps in (0.0, np.inf, 1e308, 5e-324, True, None, '30', [30.0, 40.0], 10 ** 400):
+        with pytest.raises(ClipError, match='fps should be a number >= 0.001 and <= 100000'):
             _clip(fps=fps)
     assert np.all(np.isfinite(_clip(fps=1e5).velocity(0.0)))
+    assert _clip(fps=np.array([25.0])).fps == 25.0 and _clip(fps=0.001).duration_s == 30000.0
+    good = _clip()
+    for stored in (np.array([30.0, 40.0]), np.array('abc'), np.float64(1e6)):
+        path = tmp_path / 'bad_fps.npz'
+        good.save(str(path))
+        with np.load(path) as z:
+            arrays = dict(z)
+        arrays['fps'] = stored
+        np.savez(path, **arrays)
+        with pytest.raises(ClipError, match=r"bad_fps.npz': the stored fps should be a number"):
+            Clip.load(str(path))
 
 
 def test_failed_save_leaves_the_old_file_untouched(tmp_path, monkeypatch):

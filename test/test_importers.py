@@ -520,6 +520,9 @@ def test_cli_usage_errors_exit_2():
     with pytest.raises(SystemExit) as exc:  # was accepted, and made inf velocities
         _parser().parse_args(['import', 'x.mat', '--fps', '1e308'])
     assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:  # was accepted, and made a clip of inf seconds
+        _parser().parse_args(['import', 'x.mat', '--fps', '5e-324'])
+    assert exc.value.code == 2
     assert _parser().parse_args(['import', 'x.mat', '--fps', '1e5']).fps == 1e5
     with pytest.raises(SystemExit) as exc:
         _parser().parse_args(['import', 'x.mat', '--frames', '9:3'])
@@ -628,3 +631,18 @@ def test_import_summary_says_how_far_the_paws_are_carried():
     assert 'go along with it at 0.80 of its speed' in text
     report['paw_slip']['carried_ratio'] = None  # the root never moved
     assert 'go along with it' not in _summary(report)
+
+
+def test_a_bad_frame_rate_stored_in_a_keypoint_file_is_refused_before_the_fit(tmp_path):
+    # It was found only after fitting every frame (a 2-element fps array: a TypeError).
+    from vrat_ros.importers import import_clip
+    from vrat_ros.keypoint_fit import load_marker_set
+    names = list(load_marker_set().keypoint_names)
+    xyz = np.random.default_rng(0).normal(size=(5, len(names), 3)) * 0.01 + [0.0, 0.0, 0.05]
+    for stored in (np.float64(1e6), np.array([30.0, 40.0]), np.float64(np.nan)):
+        path = tmp_path / 'kp.npz'
+        np.savez(path, keypoints=xyz, keypoint_names=np.array(names), fps=stored)
+        with pytest.raises(ClipError, match=r"kp.npz': the frame rate the file gives .*--fps"
+                                            r'.* should be a number >= 0.001'):
+            import_clip(str(path), out=str(tmp_path / 'x.npz'))
+        assert not (tmp_path / 'x.npz').exists()

@@ -27,10 +27,11 @@ def _positive_float(text: str) -> float:
 
 def _frame_rate(text: str) -> float:
     from vrat_ros.clip import MAX_FPS
+    from vrat_ros.clip import MIN_FPS
     value = _positive_float(text)
-    if value > MAX_FPS:
+    if not MIN_FPS <= value <= MAX_FPS:
         raise argparse.ArgumentTypeError(
-            f'expected a frame rate of at most {MAX_FPS:g} Hz: got {text!r}')
+            f'expected a frame rate from {MIN_FPS:g} to {MAX_FPS:g} Hz: got {text!r}')
     return value
 
 

@@ -23,9 +23,33 @@ import numpy.typing as npt
 
 from vrat_ros.errors import ClipError
 
-# Frame rates above this are refused: no motion capture runs that fast, and finite
-# differences at absurd rates (an --fps typo such as 1e308) overflow to inf velocities.
+# Frame rates outside [MIN_FPS, MAX_FPS] are refused: no motion capture runs that fast, and
+# finite differences at absurd rates (an --fps typo such as 1e308) overflow to inf
+# velocities; at tiny ones (5e-324) a clip lasts forever.
+MIN_FPS = 0.001
 MAX_FPS = 100_000.0
+
+
+def check_fps(value, what: str = 'clip fps') -> float:
+    """Returns `value` as a float frame rate (Hz), or raises ClipError naming `what`.
+
+    A number, or an array holding exactly one real number; bools and anything outside
+    [MIN_FPS, MAX_FPS] are refused.
+    """
+    fps = None
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            arr = np.asarray(value)
+            if arr.size == 1 and arr.dtype.kind in 'iuf':
+                fps = float(arr.reshape(()))
+        except (TypeError, ValueError, OverflowError):
+            fps = None
+    if fps is None or not (np.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS):
+        raise ClipError(f'{what} should be a number >= {MIN_FPS:g} and <= {MAX_FPS:g} '
+                        f'(frames per second): got {value!r}')
+    return fps
+
+
 _REQUIRED = ('qpos', 'fps', 'joint_names', 'body_scale', 'meta_json')
 
 
@@ -106,10 +130,7 @@ class Clip:
                 f'{len(self.joint_names)} joint names')
         if not np.all(np.isfinite(self.qpos)):
             raise ClipError('clip qpos has non-finite values')
-        if not (np.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
-            raise ClipError(f'clip fps should be a number > 0 and <= {MAX_FPS:g}: '
-                            f'got {self.fps}')
-        self.fps = float(self.fps)
+        self.fps = check_fps(self.fps)
         self.joint_names = [str(n) for n in self.joint_names]
         self.qpos[:, 3:7] = quat_normalize(self.qpos[:, 3:7])
         self._frame_qvel = None  # per-frame velocities, computed on first use
@@ -237,7 +258,7 @@ class Clip:
         except json.JSONDecodeError as exc:
             raise ClipError(f"'{path}': meta_json is not valid JSON: {exc}") from exc
         return cls(
-            qpos=data['qpos'], fps=float(data['fps']),
+            qpos=data['qpos'], fps=check_fps(data['fps'], f"'{path}': the stored fps"),
             joint_names=[str(n) for n in data['joint_names']],
             body_scale=float(data['body_scale']), meta=meta,
             keypoints=data.get('keypoints'),

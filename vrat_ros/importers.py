@@ -39,6 +39,7 @@ from vrat_ros import keypoint_fit as kf
 from vrat_ros import marker_sets
 from vrat_ros import rat_constants as rc
 from vrat_ros import resources
+from vrat_ros.clip import check_fps
 from vrat_ros.clip import Clip
 from vrat_ros.clip import file_sha256
 from vrat_ros.errors import ClipError
@@ -408,7 +409,9 @@ def _import_qpos(path: str, fps: float | None, scale: float | None) -> tuple[Cli
     if fps is not None:
         fps_used, fps_source = float(fps), 'given'
     elif file_fps is not None:
-        fps_used, fps_source = file_fps, 'stored in the file'
+        fps_used = check_fps(file_fps, f"'{path}': the frame rate stored in the file (give "
+                                       'the right one with --fps)')
+        fps_source = 'stored in the file'
     else:
         fps_used, fps_source = _DEFAULT_ASSUMED_FPS[0], _DEFAULT_ASSUMED_FPS[1]
     file_scale = _find_setting(settings, _SCALE_KEYS)
@@ -462,7 +465,8 @@ class KeypointSource:
     Attributes:
         xyz: (T, K, 3) positions in the file's units; NaN marks a missing keypoint.
         names: (K,) keypoint names.
-        fps: the frame rate the file stores, or None.
+        fps: the frame rate the file stores, or None; as stored (an .npz may hold anything
+            there), so check it with `check_fps` before use.
         fps_source: where `fps` came from.
         warnings: notes about the file (e.g. truncation that did not reach the keypoints).
     """
@@ -595,14 +599,15 @@ def _read_npz(path: str) -> KeypointSource:
             key = 'keypoints' if 'keypoints' in z.files else 'groundtruth_pos_3d'
             xyz = np.asarray(z[key], dtype=np.float64)
             names = [str(n) for n in z['keypoint_names']]
-            fps = float(z['fps']) if 'fps' in z.files else None
+            # Kept as stored; checked (check_fps) only if used, so --fps can override it.
+            fps = z['fps'][()] if 'fps' in z.files else None
     except (OSError, ValueError, KeyError) as exc:
         raise ClipError(f"'{path}' is not a readable keypoint .npz: {exc}") from exc
     if xyz.ndim != 3 or xyz.shape[1:] != (len(names), 3):
         raise ClipError(f"'{path}': `{key}` should have shape (frames, {len(names)}, 3) for "
                         f'{len(names)} keypoint names: got {xyz.shape}')
     return KeypointSource(xyz=xyz, names=names, fps=fps,
-                          fps_source='stored in the file' if fps else '')
+                          fps_source='stored in the file' if fps is not None else '')
 
 
 def read_keypoint_source(path: str, fmt: str,
@@ -770,8 +775,10 @@ def _import_keypoints(
 
     if fps is not None:
         fps_used, fps_source, fps_assumed = float(fps), 'given', False
-    elif source.fps is not None:
-        fps_used, fps_source, fps_assumed = source.fps, source.fps_source, False
+    elif source.fps is not None:  # checked before the fit, which may take minutes
+        fps_used = check_fps(source.fps, f"'{path}': the frame rate the file gives (give "
+                                         'the right one with --fps)')
+        fps_source, fps_assumed = source.fps_source, False
     else:
         fps_used, fps_source = _ASSUMED_FPS.get(fmt, _DEFAULT_ASSUMED_FPS)
         fps_assumed = True
@@ -927,14 +934,15 @@ def import_clip(
 
     Raises:
         ClipError: the file is missing, unreadable, not the format named, or does not fit
-            the body; nothing is written to `out` then.
-        ValueError: an argument is out of range.
+            the body, or the frame rate (given or stored) is outside
+            [clip.MIN_FPS, clip.MAX_FPS]; nothing is written to `out` then.
+        ValueError: another argument is out of range.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ClipError(f"'{path}' does not exist or is not a file")
-    if fps is not None and not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f'fps should be a positive number of frames per second: got {fps}')
+    if fps is not None:
+        fps = check_fps(fps, 'fps')
     if resample is not None and not (np.isfinite(resample) and resample > 0):
         raise ValueError(f'resample should be a positive rate in Hz: got {resample}')
     scale = _scale_value(scale, 'scale')

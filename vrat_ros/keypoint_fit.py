@@ -39,7 +39,7 @@ import yaml
 
 from vrat_ros import rat_constants as rc
 from vrat_ros.clip import Clip
-from vrat_ros.clip import MAX_FPS
+from vrat_ros.clip import check_fps
 from vrat_ros.errors import ClipError
 from vrat_ros.rat_model import RatBody
 
@@ -1333,9 +1333,8 @@ def fit_keypoint_file(
     Raises:
         ClipError: the file cannot be read, or fewer than 2 frames were found.
     """
-    if fps is not None and not (np.isfinite(fps) and 0 < fps <= MAX_FPS):
-        raise ValueError(f'fps should be a number of frames per second > 0 and <= '
-                         f'{MAX_FPS:g}: got {fps}')
+    if fps is not None:
+        fps = check_fps(fps, 'fps')
     if isinstance(marker_set, (str, os.PathLike)):
         marker_set = load_marker_set(str(marker_set))
     elif marker_set is None:
@@ -1470,7 +1469,8 @@ def paw_slip(clip: Clip, contact_m: float = PAW_CONTACT_M,
     paw's own body origin (the wrist or ankle) between them.
 
     The carried ratio says whether that slide is the body dragging its paws along: over the
-    contact pairs in which the root moves at least `ROOT_MOVING_M_S`, the mean of the paw's
+    contact pairs in which the root moves horizontally at `ROOT_MOVING_M_S` or faster (a
+    root that only rises or falls does not count), the mean of the paw's
     velocity along the root's direction of travel divided by the root's speed. A planted
     paw gives 0 (the body moves over it, as in real walking); a paw carried along with the
     root gives 1; a paw swept forward while still on the floor gives more.

@@ -26,13 +26,11 @@ def _positive_float(text: str) -> float:
 
 
 def _frame_rate(text: str) -> float:
-    from vrat_ros.clip import MAX_FPS
-    from vrat_ros.clip import MIN_FPS
-    value = _positive_float(text)
-    if not MIN_FPS <= value <= MAX_FPS:
-        raise argparse.ArgumentTypeError(
-            f'expected a frame rate from {MIN_FPS:g} to {MAX_FPS:g} Hz: got {text!r}')
-    return value
+    from vrat_ros.clip import check_fps  # the bounds every clip is held to
+    try:
+        return check_fps(_positive_float(text), 'the frame rate')
+    except VratError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _non_negative_float(text: str) -> float:

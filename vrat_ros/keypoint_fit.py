@@ -1529,9 +1529,10 @@ def paw_slip(clip: Clip, contact_m: float = PAW_CONTACT_M,
     root_vel = np.diff(clip.qpos[:, :2], axis=0) * fps       # (n - 1, 2) m/s
     root_speed = np.linalg.norm(root_vel, axis=1)
     moving = root_speed >= ROOT_MOVING_M_S
-    # Each paw's velocity along the root's direction of travel, over the root's speed.
-    along = np.einsum('tpk,tk->tp', paw_vel, root_vel) / np.maximum(root_speed, 1e-12)[:, None]
-    carried = along / np.maximum(root_speed, 1e-12)[:, None]
+    # Each paw's velocity along the root's direction of travel, over the root's speed:
+    # (v_paw . v_root) / |v_root|^2.
+    carried = (np.einsum('tpk,tk->tp', paw_vel, root_vel)
+               / np.maximum(root_speed, 1e-12)[:, None] ** 2)
     out, pooled, pooled_carried = {}, [], []
     for i, (paw_name, _, _) in enumerate(paws):
         s = speed[contact[:, i], i]

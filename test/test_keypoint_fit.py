@@ -523,6 +523,188 @@ def test_import_report_counts_the_frames_where_support_acted(tmp_path):
     assert 'support_frames' not in report
 
 
+# -- gait (stepping paws) ------------------------------------------------------------------------
+
+def _gait(**kw):
+    """Gait settings for one paw; slow steps (max_drift_mm) off unless asked for."""
+    from vrat_ros import marker_sets
+    kw.setdefault('max_drift_mm', 0.0)
+    return marker_sets.GaitSettings(paws=(('foot_L', 'ShinL'),), reference='SpineM', **kw)
+
+
+def test_swing_schedule_reads_steps_from_the_limb_marker_speed():
+    from vrat_ros import marker_sets
+    fps, n = 30.0, 24
+    xyz = np.zeros((n, 2, 3))  # SpineM still, ShinL moves in x
+    x = np.zeros(n)
+    x[5] = 0.02  # one fast frame (600 mm/s) and back (600 mm/s): a 2-frame run
+    x[12:] = 0.02 * np.arange(1, n - 11)  # 600 mm/s from frame 12 to the end (12 frames)
+    xyz[:, 1, 0] = x
+    names = ['SpineM', 'ShinL']
+    swing = marker_sets.swing_schedule(xyz, names, fps, _gait(lead_frames=0))['foot_L']
+    # Frames 5-6 swing; the long run from 12 is cut at 8 frames (12-19); the rest is stance.
+    assert np.flatnonzero(swing).tolist() == [5, 6] + list(range(12, 20))
+    # By default the paw lifts a frame before its marker moves.
+    swing = marker_sets.swing_schedule(xyz, names, fps, _gait())['foot_L']
+    assert np.flatnonzero(swing).tolist() == [4, 5, 6] + list(range(11, 20))
+    # A lone fast frame is lengthened to min_frames.
+    lone = xyz.copy()
+    lone[:, 1, 0] = 0.0
+    lone[8:, 1, 0] = 0.02  # one step of 600 mm/s into frame 8
+    swing = marker_sets.swing_schedule(lone, names, fps,
+                                       _gait(min_frames=3, lead_frames=0))['foot_L']
+    assert np.flatnonzero(swing).tolist() == [8, 9, 10]
+    # A paw carried along by a body that moves as fast is not stepping.
+    carried = xyz.copy()
+    carried[:, 0, 0] = carried[:, 1, 0]
+    assert not marker_sets.swing_schedule(carried, names, fps, _gait())['foot_L'].any()
+    # Slower than min_speed_mm_s (0.005 m a frame = 150 mm/s) is stance; a missing marker too.
+    slow = xyz.copy()
+    slow[:, 1, 0] = 0.005 * np.arange(n)
+    assert not marker_sets.swing_schedule(slow, names, fps, _gait())['foot_L'].any()
+    gone = xyz.copy()
+    gone[:, 1] = np.nan
+    assert not marker_sets.swing_schedule(gone, names, fps, _gait())['foot_L'].any()
+    # A marker that reappears elsewhere after a gap moved across it: 0.04 m in frames 3-6
+    # (4 steps of 10 mm, 300 mm/s), then still; with the gap at the ends, it is held.
+    gap = np.zeros((n, 2, 3))
+    gap[6:, 1, 0] = 0.04
+    gap[3:6, 1] = np.nan
+    swing = marker_sets.swing_schedule(gap, names, fps, _gait(lead_frames=0))['foot_L']
+    assert np.flatnonzero(swing).tolist() == [3, 4, 5, 6]
+    gap[:6, 1] = np.nan
+    assert not marker_sets.swing_schedule(gap, names, fps, _gait())['foot_L'].any()
+    # A slow drift (3 mm a frame, 90 mm/s) is a step once it passes max_drift_mm: 33 mm
+    # from the stance's start in frame 11 (lead frame 10, 2-frame step 11-12); the next
+    # stance starts at 13 and has drifted exactly 30 mm, not more, by the last frame.
+    slow_steps = xyz.copy()
+    slow_steps[:, 1, 0] = 0.003 * np.arange(n)
+    swing = marker_sets.swing_schedule(slow_steps, names, fps,
+                                       _gait(max_drift_mm=30.0))['foot_L']
+    assert np.flatnonzero(swing).tolist() == [10, 11, 12]
+    # A missing reference marker leaves the speed floor alone as the test.
+    no_ref = xyz.copy()
+    no_ref[:, 0] = np.nan
+    assert marker_sets.swing_schedule(no_ref, names, fps, _gait())['foot_L'].sum() == 12
+
+
+def test_gait_settings_are_read_and_checked(tmp_path):
+    from vrat_ros import marker_sets
+    rat7m = marker_sets.resolve_marker_set('rat7m20')
+    settings = marker_sets.gait_settings(rat7m)
+    assert dict(settings.paws) == {'foot_L': 'ShinL', 'foot_R': 'ShinR', 'hand_L': 'ArmL',
+                                   'hand_R': 'ArmR'}
+    assert settings.reference == 'SpineM' and settings.max_frames == 8
+    assert marker_sets.gait_settings(marker_sets.resolve_marker_set('rat23')) is None
+    text = Path(rat7m.source).read_text(encoding='utf-8')
+    good = '  paws: {foot_L: ShinL, foot_R: ShinR, hand_L: ArmL, hand_R: ArmR}\n'
+    assert good in text
+    for bad, says in [('  paws: {foot_L: NoSuchMarker}\n', 'lacks'),
+                      (good + '  lift_mm: -3\n', 'lift_mm'),
+                      (good + '  max_frames: 2.5\n', 'whole number'),
+                      (good + '  min_frames: 0\n', 'min_frames'),
+                      (good + '  lift_m: 3\n', 'unknown keys'),
+                      ('  paws: []\n', 'should be')]:
+        path = tmp_path / 'set.yaml'
+        path.write_text(text.replace(good, bad), encoding='utf-8')
+        with pytest.raises(ClipError, match=says):
+            marker_sets.gait_settings(kf.load_marker_set(path))
+
+
+def test_a_gait_fit_needs_support_and_a_gait_entry():
+    from vrat_ros import marker_sets
+    rat7m = marker_sets.resolve_marker_set('rat7m20')
+    names = list(rat7m.keypoint_names)
+    with pytest.raises(ClipError, match='support'):
+        marker_sets.make_fitter(rat7m, names, options=kf.FitOptions(gait=True))
+    rat23 = marker_sets.resolve_marker_set('rat23')
+    with pytest.raises(ClipError, match='no `gait` entry'):
+        marker_sets.make_fitter(rat23, list(rat23.keypoint_names),
+                                options=kf.FitOptions(gait=True, support_weight=3.0))
+    with pytest.raises(ClipError, match='ShinL'):  # the markers it reads must be given
+        marker_sets.make_fitter(rat7m, [n for n in names if n != 'ShinL'],
+                                options=kf.FitOptions(gait=True, support_weight=3.0))
+    fitter = marker_sets.make_fitter(rat7m, names,
+                                     options=kf.FitOptions(gait=True, support_weight=3.0))
+    assert isinstance(fitter, marker_sets.GaitFitter)
+    with pytest.raises(ValueError, match='frame rate'):
+        fitter.fit(np.zeros((3, len(names), 3)))
+
+
+# Rat7M frames 2010-2060, the start of the held-out walk: every paw's limb marker shows one
+# to three steps there (swing_schedule). Measured: the support fit carries the paws on the
+# floor along at 0.99 of the root's speed, the gait fit at 0.53 (edges of swings, where a
+# paw is within 5 mm of the floor and already moving, weigh heavily in 50 frames); the
+# highest sole point of each paw's swings is 9-11 mm (feet) and 48-54 mm (forepaws, which
+# the forearm markers lift) above the floor; the support fit keeps every paw within 3 mm.
+GAIT_FRAMES = (2010, 2060)
+
+
+@pytest.fixture(scope='module')
+def rat7m_gait_fits():
+    from vrat_ros import importers
+    fits = {}
+    for gait in (False, True):
+        fits[gait] = importers.import_clip(
+            RAT7M_MAT, frames=GAIT_FRAMES, scale=0.9, animal_scale=1.013,
+            options=kf.FitOptions(smooth_s=0.033, support_weight=3.0, gait=gait))
+    return fits
+
+
+@needs_rat7m
+def test_a_gait_fit_plants_standing_paws_and_lifts_swinging_ones(rat7m_gait_fits):
+    from vrat_ros import marker_sets
+    (plain, plain_report), (stepped, report) = rat7m_gait_fits[False], rat7m_gait_fits[True]
+    assert 'gait' not in plain_report and 'gait' not in plain.meta
+    assert stepped.meta['fit_options']['gait'] is True
+    assert stepped.meta['gait']['settings']['reference'] == 'SpineM'
+    gait = report['gait']
+    assert set(gait) == {'foot_L', 'foot_R', 'hand_L', 'hand_R'}
+    assert all(g['swings'] >= 1 for g in gait.values())
+    # Paws on the floor go along with the root far less.
+    assert kf.paw_slip(plain)['carried_ratio'] > 0.6
+    assert kf.paw_slip(stepped)['carried_ratio'] < 0.7
+    # In a swing the sole leaves the floor; without the gait every paw stays down.
+    fitter = marker_sets.make_fitter(
+        marker_sets.resolve_marker_set('rat7m20'), list(stepped.keypoint_names),
+        options=kf.FitOptions(support_weight=3.0, gait=True))
+    # The schedule the fit used: from the keypoints after the label checks.
+    kept, _ = kf.reject_mislabelled(stepped.keypoints, stepped.keypoint_names,
+                                    fitter.marker_set)
+    schedule = marker_sets.swing_schedule(kept, stepped.keypoint_names, stepped.fps,
+                                          fitter.settings)
+    low, plain_low = _lowest_sole_mm(fitter, stepped), _lowest_sole_mm(fitter, plain)
+    paws = [p.name for p in fitter.paws]
+    peaks = []
+    for paw, swing in schedule.items():
+        if swing.any():
+            peaks.append(float(np.max(low[swing, paws.index(paw)])))
+    assert len(peaks) == 4 and min(peaks) > 5.0
+    assert np.all(plain_low < 5.0)
+    # The keypoints pay for it, within reason.
+    assert report['residual_mm_mean'] < plain_report['residual_mm_mean'] + 8.0
+
+
+@needs_rat7m
+def test_cli_import_gait(tmp_path, capsys):
+    import argparse
+
+    from vrat_ros import cli_import
+    parser = argparse.ArgumentParser(prog='vrat')
+    cli_import.add_subcommands(parser.add_subparsers(dest='command', required=True))
+    assert parser.parse_args(['import', 'x.mat']).gait is False
+    out = tmp_path / 'walk.npz'
+    args = parser.parse_args(['import', str(RAT7M_MAT), '--frames', '2010:2020', '--gait',
+                              '--out', str(out), '--no-progress'])
+    assert args.func(args) == 1 and not out.exists()
+    assert '--gait needs --support-weight' in capsys.readouterr().err
+    args = parser.parse_args(['import', str(RAT7M_MAT), '--frames', '2010:2020', '--gait',
+                              '--support-weight', '3', '--out', str(out), '--no-progress'])
+    assert args.func(args) == 0
+    assert Clip.load(str(out)).meta['fit_options']['gait'] is True
+    assert 'gait: foot_L' in capsys.readouterr().out
+
+
 def test_paw_slip_is_the_speed_of_paws_dragged_along_the_floor():
     # One DANNCE pose (both feet on the floor) held still, then the same pose slid forward
     # at 0.1 m/s: the feet on the floor slide at 100 mm/s, like the root; held still, 0.

@@ -103,6 +103,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                         'and the centre of mass over them, with this weight against the '
                         'keypoints (default 0: off; 3 was measured on the Rat7M clips, see '
                         'vrat_ros.keypoint_fit.KeypointFitter).')
+    p.add_argument('--gait', action='store_true',
+                   help='With --support-weight: step the paws instead of dragging them '
+                        'along the floor: stance and swing of each paw from the speed of a '
+                        "marker on its limb (the marker set's `gait` entry; rat7m20 has "
+                        'one); standing paws stay where they land, swinging ones are lifted '
+                        '(vrat_ros.marker_sets.GaitFitter).')
     p.add_argument('--out', help='Clip file to write (.npz); default: the clip library.')
     p.add_argument('--report', help='Also write the summary as JSON to this file.')
     p.add_argument('--no-progress', action='store_true', help='Hide the progress bar.')
@@ -155,6 +161,10 @@ def _summary(report: dict) -> str:
             lines.append(f"  support terms acted in {n} of {report['frames']} frames" + (
                 ' (no effect: every paw has a marker, or no unobserved paw could reach the '
                 'floor)' if n == 0 else ''))
+    if report.get('gait'):
+        lines.append('  gait: ' + ', '.join(
+            f"{paw} {g['swings']} swings ({g['swing_fraction']:.0%} of frames)"
+            for paw, g in report['gait'].items()))
     slip = report.get('paw_slip')
     if slip and slip['slip_mm_s_median'] is not None:
         # The worst paw among those on the floor in at least a tenth of the frames: a paw
@@ -186,8 +196,11 @@ def run_import(args: argparse.Namespace) -> int:
         if args.smooth > MAX_SMOOTH_S:  # before any work; the fit also refuses > clip length
             raise ValueError(f'--smooth {args.smooth:g} s is too long: it should be at most '
                              f'{MAX_SMOOTH_S:g} s')
+        if args.gait and not args.support_weight > 0:  # before any work
+            raise ValueError('--gait needs --support-weight > 0 (it changes which paws the '
+                             'support terms put on the floor)')
         options = FitOptions(fill_gaps=not args.no_fill_gaps, smooth_s=args.smooth,
-                             support_weight=args.support_weight)
+                             support_weight=args.support_weight, gait=args.gait)
         if 'fit' in (args.scale, args.animal_scale):
             print('vrat import: estimating the body scale from the keypoints ...',
                   file=sys.stderr)

@@ -835,6 +835,8 @@ def _import_keypoints(
     }
     if options.support_weight > 0:  # how often the support terms acted (0: no effect)
         report['support_frames'] = int(fitter.support_frames)
+    if isinstance(fitter, marker_sets.GaitFitter):
+        report['gait'] = fitter.gait_report()
     if abs(factor - 1.0) > 1e-9 and finite.size:  # the same fit in the recording's own mm
         report['residual_mm_mean_recording'] = float(finite.mean() / factor)
         report['residual_mm_p95_recording'] = float(np.percentile(finite, 95) / factor)
@@ -871,6 +873,9 @@ def _import_keypoints(
     }
     if scale_scores is not None:
         meta['scale_fit_residual_mm'] = report['scale_fit_residual_mm']
+    if 'gait' in report:
+        meta['gait'] = {'settings': dataclasses.asdict(fitter.settings),
+                        'paws': report['gait']}
     contact_bodies, contact_weight = marker_sets.floor_contact_settings(given_set)
     if contact_bodies and contact_weight > 0:
         meta['floor_contact'] = {'bodies': contact_bodies, 'weight': contact_weight}

@@ -538,6 +538,11 @@ class FitOptions:
             centre of mass is pulled horizontally into the support polygon of the paws on the
             floor. Meant for marker sets without paw markers (Rat7M); see `KeypointFitter`
             ("Physical support").
+        gait: step the paws instead of sliding them (`vrat import --gait`; needs
+            `support_weight` > 0 and a marker set with a `gait` entry): each paw's stance and
+            swing are read from the speed of a marker on its limb; a standing paw stays where
+            it landed, a swinging one is lifted off the floor and leaves the support polygon.
+            See `marker_sets.GaitFitter`.
     """
 
     iterations: int = 12
@@ -553,6 +558,7 @@ class FitOptions:
     fill_gaps: bool = True
     smooth_s: float = 0.0
     support_weight: float = 0.0
+    gait: bool = False
 
     def to_dict(self) -> dict:
         """Returns the settings as a JSON-friendly dict (for a clip's provenance)."""
@@ -846,6 +852,10 @@ class KeypointFitter:
         return _support_points_down(m.geom_type[g], m.geom_size[g], d.geom_xpos[g],
                                     d.geom_xmat[g])
 
+    def _support_paws(self) -> list[_Paw]:
+        """Returns the paws the support terms consider (a gait fit leaves out swinging ones)."""
+        return self.paws
+
     def _support(self, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
         """Evaluates the physical-support terms at the current kinematics.
 
@@ -862,7 +872,7 @@ class KeypointFitter:
                 when no paw is pulled or no point supports the body).
         """
         points, bodies, pulled, any_pulled = [], [], [], False
-        for paw in self.paws:
+        for paw in self._support_paws():
             sole, on = self._paw_points(paw)
             observed = bool(paw.markers.size) and bool(np.any(valid[paw.markers]))
             if not observed and self.data.xpos[paw.limb_root, 2] <= paw.reach:
@@ -890,7 +900,7 @@ class KeypointFitter:
         That is, some paw has no present marker and its limb can reach the floor (see
         `_support`); where every paw is observed, `support_weight` changes nothing.
         """
-        for paw in self.paws:
+        for paw in self._support_paws():
             observed = bool(paw.markers.size) and bool(np.any(valid[paw.markers]))
             if not observed and self.data.xpos[paw.limb_root, 2] <= paw.reach:
                 return True
@@ -1108,6 +1118,17 @@ class KeypointFitter:
             out[~observed, adr] = np.interp(frames[~observed], known, out[known, adr])
         return out
 
+    # Hooks for fitters that carry state from frame to frame (`marker_sets.GaitFitter`).
+
+    def _begin_fit(self, xyz: np.ndarray, fps: float | None) -> None:
+        """Called once before the first frame with the checked keypoints (m) and rate."""
+
+    def _begin_frame(self, t: int) -> None:
+        """Called before frame `t` is solved (it may be solved twice: warm, then cold)."""
+
+    def _end_frame(self, qpos: np.ndarray) -> None:
+        """Called with the pose kept for the frame just solved (not for skipped frames)."""
+
     def fit(self, xyz_m: npt.ArrayLike,
             progress: bool | Callable[[int, int], None] = False,
             fps: float | None = None,
@@ -1139,6 +1160,7 @@ class KeypointFitter:
                              f'got {xyz.shape}')
         xyz, self.rejected = reject_mislabelled(xyz, self.keypoint_names, self.marker_set)
         self.support_frames = 0  # frames where a support term acted (support_weight > 0)
+        self._begin_fit(xyz, fps)
         n_frames = xyz.shape[0]
         opt = self.options
         qpos_all = np.zeros((n_frames, self.model.nq))
@@ -1159,6 +1181,7 @@ class KeypointFitter:
         seen = np.zeros((n_frames, self.used.size), dtype=bool)
         too_few = np.zeros(n_frames, dtype=bool)
         for t in range(n_frames):
+            self._begin_frame(t)
             target = xyz[t, self.used]
             valid = np.all(np.isfinite(target), axis=1)
             if valid.sum() < opt.min_keypoints:
@@ -1189,6 +1212,7 @@ class KeypointFitter:
             qpos_all[t] = qpos
             seen[t] = valid
             failed[t] = error > opt.fail_residual_mm
+            self._end_frame(qpos)
             prev = qpos
             first_fitted = t if first_fitted is None else first_fitted
             tick(t + 1)

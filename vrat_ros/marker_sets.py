@@ -368,11 +368,333 @@ class FloorContactFitter(KeypointFitter):
         return np.concatenate(rows_r), np.concatenate(rows_j)
 
 
+@dataclasses.dataclass(frozen=True)
+class GaitSettings:
+    """How a marker set's `gait` entry tells stance from swing (`GaitFitter`).
+
+    YAML: `gait: {paws: {<paw body>: <marker>, ...}, reference: <marker>, ...}` with the
+    optional keys below. A paw swings in a frame where its marker moves horizontally faster
+    than both `min_speed_mm_s` and `speed_ratio` times the reference marker (on the trunk),
+    so that a paw carried along by a turning or rearing body is not taken for a step.
+
+    Attributes:
+        paws: (paw body, marker) pairs, e.g. ('foot_L', 'ShinL').
+        reference: the trunk marker whose speed the paws' is compared with.
+        min_speed_mm_s: the slowest marker speed that counts as a swing.
+        speed_ratio: how much faster than the reference marker a swinging paw's moves.
+        min_frames, max_frames: swings shorter than `min_frames` are lengthened to it (a
+            real step lasts a few frames at 30 Hz even when its marker is fast in one);
+            runs longer than `max_frames` are cut to it (a forelimb waving in a rear is not
+            one long step; the rest is stance).
+        lead_frames: frames added before each swing. A marker's speed in frame t is its
+            move from frame t-1, so the paw must already be off the floor in frame t-1
+            (with 0, the move into the first swing frame starts from a planted paw).
+        max_drift_mm: a standing paw whose marker drifts farther than this from where it
+            was when the stance began takes a step there (`min_frames` long): slow steps,
+            such as a forepaw moved in a rear, are not fast enough to be seen by speed; 0
+            is off. Shin and forearm markers move some 20-40 mm over a stance as the limb
+            turns over a planted paw.
+        lift_mm: peak height of the sole in a swing (a half sine over the swing).
+        lift_weight: weight (mm^2 per mm^2) of the lift.
+        anchor_weight: weight (mm^2 per mm^2) that holds a standing paw where it landed.
+    """
+
+    paws: tuple[tuple[str, str], ...]
+    reference: str
+    min_speed_mm_s: float = 200.0
+    speed_ratio: float = 1.3
+    min_frames: int = 2
+    max_frames: int = 8
+    lead_frames: int = 1
+    max_drift_mm: float = 40.0
+    lift_mm: float = 10.0
+    lift_weight: float = 30.0
+    anchor_weight: float = 100.0
+
+
+def gait_settings(marker_set: MarkerSet) -> GaitSettings | None:
+    """Returns a marker set's optional `gait` entry (see `GaitSettings`), or None.
+
+    Raises:
+        ClipError: the entry is malformed or names a marker the set lacks.
+    """
+    if not marker_set.source or not os.path.isfile(marker_set.source):
+        return None
+    with open(marker_set.source, encoding='utf-8') as f:
+        doc = yaml.safe_load(f)
+    entry = doc.get('gait') if isinstance(doc, dict) else None
+    if entry is None:
+        return None
+    where = f"marker set '{marker_set.source}': gait"
+    if not isinstance(entry, dict) or not isinstance(entry.get('paws'), dict) \
+            or not entry['paws'] or 'reference' not in entry:
+        raise ClipError(f'{where} should be {{paws: {{<paw body>: <marker>, ...}}, reference: '
+                        f'<marker>, ...}}: got {entry!r}')
+    fields = {f.name: f for f in dataclasses.fields(GaitSettings)}
+    unknown = sorted(set(entry) - set(fields))
+    if unknown:
+        raise ClipError(f'{where}: unknown keys {unknown}; known: {sorted(fields)}')
+    paws = tuple((str(k), str(v)) for k, v in entry['paws'].items())
+    names = set(marker_set.keypoint_names)
+    missing = sorted(({m for _, m in paws} | {str(entry['reference'])}) - names)
+    if missing:
+        raise ClipError(f'{where} names markers the set lacks: {missing}')
+    values = {}
+    for key in fields:
+        if key in ('paws', 'reference') or key not in entry:
+            continue
+        value = entry[key]
+        whole = key.endswith('_frames')
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not np.isfinite(value) or value < 0 or (whole and value != int(value)):
+            kind = 'a whole number >= 0' if whole else 'a number >= 0'
+            raise ClipError(f'{where}: {key} should be {kind}: got {value!r}')
+        values[key] = int(value) if whole else float(value)
+    settings = GaitSettings(paws=paws, reference=str(entry['reference']), **values)
+    if not 1 <= settings.min_frames <= settings.max_frames:
+        raise ClipError(f'{where}: should have 1 <= min_frames <= max_frames: got '
+                        f'{settings.min_frames} and {settings.max_frames}')
+    return settings
+
+
+def swing_schedule(xyz_m: npt.ArrayLike, names: Sequence[str], fps: float,
+                   settings: GaitSettings) -> dict[str, np.ndarray]:
+    """Returns {paw body: (T,) bool, True where it swings} from the markers' speeds.
+
+    Speeds are horizontal, from one frame to the next (the first frame has none and is
+    stance). Across a gap in a marker its path is taken as the straight line between the
+    frames on either side (held before the first and after the last frame it is seen): a
+    paw whose marker reappears elsewhere has moved (Rat7M forelimb markers are missing or
+    dropped as mislabelled in about a tenth of the frames). A marker seen in fewer than 2
+    frames has no speed: its paw stands, and a reference marker like that leaves
+    `min_speed_mm_s` alone as the test.
+
+    Args:
+        xyz_m: (T, K, 3) keypoints (m) in `names` order; NaN = missing.
+        names: (K,) keypoint names; must include the markers of `settings`.
+        fps: frame rate (Hz).
+        settings: the marker set's gait settings.
+    """
+    xyz = np.asarray(xyz_m, dtype=np.float64)
+    names = [str(n) for n in names]
+
+    def path_mm(marker: str) -> np.ndarray:
+        xy = xyz[:, names.index(marker), :2] * 1e3
+        seen = np.all(np.isfinite(xy), axis=1)
+        if 2 <= seen.sum() < len(xy):  # across a gap, the marker moves in a straight line
+            frames = np.arange(len(xy))
+            xy = np.stack([np.interp(frames, frames[seen], xy[seen, c]) for c in range(2)], 1)
+        return xy
+
+    def speed_mm_s(xy: np.ndarray) -> np.ndarray:
+        return np.concatenate([[np.nan], np.linalg.norm(np.diff(xy, axis=0), axis=1) * fps])
+
+    reference = speed_mm_s(path_mm(settings.reference))
+    out = {}
+    for paw, marker in settings.paws:
+        path = path_mm(marker)
+        with np.errstate(invalid='ignore'):
+            fast = speed_mm_s(path) > np.fmax(settings.min_speed_mm_s,
+                                              settings.speed_ratio * reference)
+        swing = np.zeros(len(fast), dtype=bool)
+        t = 0
+        while t < len(fast):
+            if not fast[t]:
+                t += 1
+                continue
+            end = t
+            while end < len(fast) and fast[end]:
+                end += 1
+            length = min(max(end - t, settings.min_frames), settings.max_frames)
+            swing[max(0, t - settings.lead_frames):t + length] = True
+            t = end
+        if settings.max_drift_mm > 0:
+            _add_slow_steps(swing, path, settings)
+        out[paw] = swing
+    return out
+
+
+def _add_slow_steps(swing: np.ndarray, path_mm: np.ndarray, settings: GaitSettings) -> None:
+    """Adds a step (in place) where a standing paw's marker drifts too far.
+
+    Too far: more than `max_drift_mm` from where the marker was when the stance began.
+    """
+    start, t = None, 0
+    while t < len(swing):
+        if swing[t] or not np.all(np.isfinite(path_mm[t])):
+            start, t = None, t + 1
+            continue
+        if start is None:
+            start = path_mm[t]
+        elif np.linalg.norm(path_mm[t] - start) > settings.max_drift_mm:
+            swing[max(0, t - settings.lead_frames):t + settings.min_frames] = True
+            start, t = None, t + settings.min_frames
+            continue
+        t += 1
+
+
+class GaitFitter(FloorContactFitter):
+    """A support fit (`FitOptions.support_weight`) whose paws step instead of sliding.
+
+    With no paw markers, the support fit pulls every paw that can reach the floor onto it in
+    every frame, so the paws are dragged along under the walking body (`keypoint_fit.
+    paw_slip`: carried along at 0.6-1.0 of the root's speed on Rat7M walks); a simulated body
+    with friction cannot move like that. Here each paw's stance and swing come from its limb
+    marker (`swing_schedule`), and in each frame:
+
+    - a standing paw is pulled to the floor as in the support fit and, from the first frame
+      of its stance in which its sole is on the floor, its body's origin is held
+      horizontally where that frame put it (`anchor_weight`);
+    - a swinging paw is neither pulled down nor part of the support polygon, and its lowest
+      sole point is pushed up to at least `lift_mm` x sin(pi x phase) over the swing.
+
+    Known shortcomings (measured on the Rat7M walk, frames 2010-2310): the marker residual
+    grows (10.5 against 6.3 mm) as the paws no longer follow the limb markers freely; a paw
+    that slips in the data is still planted; a swing is only as good as its marker's speed
+    (across a gap in a marker, a straight path is assumed).
+    """
+
+    def __init__(self, marker_set: MarkerSet, keypoint_names: Sequence[str],
+                 scale: float = rc.DEFAULT_BODY_SCALE, options: FitOptions | None = None,
+                 contact_bodies: Sequence[str] = (), contact_weight: float = 0.0,
+                 settings: GaitSettings | None = None):
+        """Builds the fitter.
+
+        Raises:
+            ClipError: no settings, or a paw of the settings is not a paw of the body
+                (`keypoint_fit.PAW_LIMBS`), or a marker of the settings is not among
+                `keypoint_names`.
+        """
+        super().__init__(marker_set, keypoint_names, scale=scale, options=options,
+                         contact_bodies=contact_bodies, contact_weight=contact_weight)
+        if settings is None:
+            raise ClipError(f"marker set '{marker_set.name}' has no gait entry")
+        by_name = {p.name: i for i, p in enumerate(self.paws)}
+        unknown = [p for p, _ in settings.paws if p not in by_name]
+        if unknown:
+            raise ClipError(f"marker set '{marker_set.name}': gait paws {unknown} are not "
+                            f'paws of the body ({sorted(by_name)})')
+        absent = sorted(({m for _, m in settings.paws} | {settings.reference})
+                        - set(self.keypoint_names))
+        if absent:
+            raise ClipError(f'a gait fit needs the markers {absent}, which the keypoints lack')
+        self.settings = settings
+        self._paw_index = [by_name[p] for p, _ in settings.paws]
+        names = self.body.body_names
+        self._paw_body = [names.index(p.name) for p in self.paws]
+        self._anchor_sqrt_w = float(np.sqrt(settings.anchor_weight))
+        self._lift_sqrt_w = float(np.sqrt(settings.lift_weight))
+        self.schedule: dict[str, np.ndarray] = {}
+        self._phase = [None] * len(self.paws)  # swing phase in (0, 1), None in stance
+        self._anchor = [None] * len(self.paws)  # xy (m) a standing paw is held at
+
+    def _begin_fit(self, xyz: np.ndarray, fps: float | None) -> None:
+        if not (fps is not None and np.isfinite(fps) and fps > 0):
+            raise ValueError(f'a gait fit needs the frame rate: got fps={fps}')
+        self.schedule = swing_schedule(xyz, self.keypoint_names, float(fps), self.settings)
+        self._phase = [None] * len(self.paws)
+        self._anchor = [None] * len(self.paws)
+
+    def _begin_frame(self, t: int) -> None:
+        for (paw, _), i in zip(self.settings.paws, self._paw_index):
+            swing = self.schedule[paw]
+            if not swing[t]:
+                self._phase[i] = None
+                continue
+            start = t
+            while start > 0 and swing[start - 1]:
+                start -= 1
+            end = t
+            while end < len(swing) and swing[end]:
+                end += 1
+            self._phase[i] = (t - start + 1) / (end - start + 1)
+            self._anchor[i] = None  # lifted: it lands somewhere new
+
+    def _end_frame(self, qpos: np.ndarray) -> None:
+        self._forward(qpos)
+        for i in self._paw_index:
+            if self._phase[i] is None and self._anchor[i] is None:
+                sole, _ = self._paw_points(self.paws[i])
+                if float(np.min(sole[:, 2])) <= self.paw_contact_m:
+                    self._anchor[i] = self.data.xpos[self._paw_body[i], :2].copy()
+
+    def _support_paws(self):
+        return [p for i, p in enumerate(self.paws) if self._phase[i] is None]
+
+    def _lift_terms(self) -> list[tuple[int, np.ndarray, float]]:
+        """Returns (body, lowest sole point, mm still to lift) per swinging paw too low."""
+        out = []
+        for i, paw in enumerate(self.paws):
+            if self._phase[i] is None:
+                continue
+            height = self.settings.lift_mm * 1e-3 * np.sin(np.pi * self._phase[i])
+            sole, on = self._paw_points(paw)
+            j = int(np.argmin(sole[:, 2]))
+            if sole[j, 2] < height:
+                out.append((int(on[j]), sole[j].copy(), (height - sole[j, 2]) * 1e3))
+        return out
+
+    def _anchor_terms(self) -> list[tuple[int, np.ndarray]]:
+        """Returns (body, xy offset from its anchor in mm) per anchored standing paw."""
+        return [(self._paw_body[i], (self.data.xpos[self._paw_body[i], :2] - anchor) * 1e3)
+                for i, anchor in enumerate(self._anchor)
+                if anchor is not None and self._phase[i] is None]
+
+    def _cost(self, qpos, target, valid, qpos_prev):
+        cost = super()._cost(qpos, target, valid, qpos_prev)
+        self._forward(qpos)
+        for _, _, gap in self._lift_terms():
+            cost += self.settings.lift_weight * gap * gap
+        for _, offset in self._anchor_terms():
+            cost += self.settings.anchor_weight * float(offset @ offset)
+        return cost
+
+    def _linearise(self, qpos, target, valid):
+        r, jac = super()._linearise(qpos, target, valid)  # leaves the kinematics of qpos
+        m, d = self.model, self.data
+        rows_r, rows_j = [r], [jac]
+        col_scale = self.var_scale * 1e3
+        for body, point, gap in self._lift_terms():
+            mujoco.mj_jac(m, d, self._jacp, None, point, body)
+            rows_r.append(np.array([-gap * self._lift_sqrt_w]))
+            rows_j.append(self._jacp[2:3, self.dofs] * col_scale * self._lift_sqrt_w)
+        for body, offset in self._anchor_terms():
+            mujoco.mj_jac(m, d, self._jacp, None, d.xpos[body], body)
+            rows_r.append(offset * self._anchor_sqrt_w)
+            rows_j.append(self._jacp[:2, self.dofs] * col_scale * self._anchor_sqrt_w)
+        return np.concatenate(rows_r), np.concatenate(rows_j)
+
+    def gait_report(self) -> dict:
+        """Returns per paw the fraction of frames in swing and the number of swings."""
+        return {paw: {'swing_fraction': round(float(s.mean()), 3) if s.size else 0.0,
+                      'swings': int(np.sum(np.diff(np.concatenate([[0], s.astype(int)])) == 1))}
+                for paw, s in self.schedule.items()}
+
+
 def make_fitter(marker_set: MarkerSet, keypoint_names: Sequence[str],
                 scale: float = rc.DEFAULT_BODY_SCALE,
                 options: FitOptions | None = None) -> KeypointFitter:
-    """Returns the fitter for a marker set: with floor contact if its YAML asks for it."""
+    """Returns the fitter for a marker set and options.
+
+    With floor contact if its YAML asks for it, and stepping paws (`GaitFitter`) if
+    `options.gait`.
+
+    Raises:
+        ClipError: `options.gait` without `support_weight` > 0 or without a `gait` entry in
+            the marker set.
+    """
     bodies, weight = floor_contact_settings(marker_set)
+    if options is not None and options.gait:
+        if not options.support_weight > 0:
+            raise ClipError('a gait fit (--gait) needs the support terms: give a support '
+                            'weight > 0 (--support-weight)')
+        settings = gait_settings(marker_set)
+        if settings is None:
+            raise ClipError(f"marker set '{marker_set.name}' has no `gait` entry (which "
+                            'marker on each limb tells stance from swing), so --gait cannot '
+                            'be used with it')
+        return GaitFitter(marker_set, keypoint_names, scale=scale, options=options,
+                          contact_bodies=bodies, contact_weight=weight, settings=settings)
     if bodies and weight > 0:
         return FloorContactFitter(marker_set, keypoint_names, scale=scale, options=options,
                                   contact_bodies=bodies, contact_weight=weight)

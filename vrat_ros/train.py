@@ -74,6 +74,13 @@ Measured on this project's 2-core machine (shared with other jobs), held-out num
     of 0.1 m, so they go on after the root falls behind): 2996 s; training windows 0.655 at
     iteration 400 (selected), then 0.63-0.64; held-out 0.35, joint RMSE 0.156 rad, body
     46.8 mm: no better. Not shipped.
+  * the same config on the three Rat7M training clips re-fitted with `vrat import --gait`
+    (paws that step instead of sliding; marker_sets.GaitFitter), stopped after about 450 of
+    the 1000 RL iterations (~30 min): training windows (of the gait fits) 0.58-0.60; at
+    iteration 400 the best / latest weights tracked 0.26 / 0.27 of the held-out clips
+    re-fitted the same way and 0.30 / 0.32 of the shipped ones, where the shipped policy
+    tracks 0.33 / 0.34 (the shipped run: 0.34 at 275). Not shipped. (A first run on gait
+    fits whose feet could rise off the floor in stance: 0.28 / 0.29 at iteration 400.)
   * the sampling MPC (vrat_ros.mpc, `RAT_SETTINGS`), which a rat config may name as `expert`,
     tracks 0.51 of the held-out clips (PD 0.30): it keeps the rat upright but loses the root
     where the reference walks or rears. At about 1 s per control step on two threads it

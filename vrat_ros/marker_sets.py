@@ -649,8 +649,7 @@ class GaitFitter(FloorContactFitter):
                 if anchor is not None and self._phase[i] is None]
 
     def _cost(self, qpos, target, valid, qpos_prev):
-        cost = super()._cost(qpos, target, valid, qpos_prev)
-        self._forward(qpos)
+        cost = super()._cost(qpos, target, valid, qpos_prev)  # leaves the kinematics of qpos
         for _, _, gap in self._lift_terms():
             cost += self.settings.lift_weight * gap * gap
         for _, offset in self._anchor_terms():

@@ -586,6 +586,11 @@ def test_swing_schedule_reads_steps_from_the_limb_marker_speed():
     no_ref = xyz.copy()
     no_ref[:, 0] = np.nan
     assert marker_sets.swing_schedule(no_ref, names, fps, _gait())['foot_L'].sum() == 12
+    for bad_fps in (0.0, -30.0, float('nan'), float('inf')):
+        with pytest.raises(ValueError, match='fps'):
+            marker_sets.swing_schedule(xyz, names, bad_fps, _gait())
+    with pytest.raises(ValueError, match='shape'):
+        marker_sets.swing_schedule(xyz[:0], names, fps, _gait())
 
 
 def test_gait_settings_are_read_and_checked(tmp_path):
@@ -601,14 +606,28 @@ def test_gait_settings_are_read_and_checked(tmp_path):
     assert good in text
     for bad, says in [('  paws: {foot_L: NoSuchMarker}\n', 'lacks'),
                       (good + '  lift_mm: -3\n', 'lift_mm'),
+                      (good + '  lift_mm: 1000000.0\n', r'lift_mm .* in \[0, 50\]'),
                       (good + '  max_frames: 2.5\n', 'whole number'),
+                      (good + '  max_frames: 100000000000000000000000\n', 'max_frames'),
                       (good + '  min_frames: 0\n', 'min_frames'),
+                      (good + '  min_frames: 9\n', 'at most max_frames'),
+                      (good + '  lead_frames: 9\n', 'at most max_frames'),
+                      (good + '  anchor_weight: .nan\n', 'anchor_weight'),
+                      (good + '  speed_ratio: true\n', 'speed_ratio'),
+                      (good + '  min_speed_mm_s: 2e2\n', 'YAML wants'),
                       (good + '  lift_m: 3\n', 'unknown keys'),
                       ('  paws: []\n', 'should be')]:
         path = tmp_path / 'set.yaml'
         path.write_text(text.replace(good, bad), encoding='utf-8')
         with pytest.raises(ClipError, match=says):
             marker_sets.gait_settings(kf.load_marker_set(path))
+    # Whole numbers written as floats are whole numbers; settings built in code are checked.
+    path.write_text(text.replace(good, good + '  max_frames: 6.0\n'), encoding='utf-8')
+    assert marker_sets.gait_settings(kf.load_marker_set(path)).max_frames == 6
+    with pytest.raises(ValueError, match='lead_frames'):
+        _gait(lead_frames=-5)
+    with pytest.raises(ValueError, match='min_frames'):
+        _gait(min_frames=2.0)
 
 
 def test_a_gait_fit_needs_support_and_a_gait_entry():
@@ -629,6 +648,12 @@ def test_a_gait_fit_needs_support_and_a_gait_entry():
     assert isinstance(fitter, marker_sets.GaitFitter)
     with pytest.raises(ValueError, match='frame rate'):
         fitter.fit(np.zeros((3, len(names), 3)))
+    # The plain fits do not step paws: asking them to is refused, not ignored.
+    with pytest.raises(ValueError, match='gait'):
+        kf.fit_keypoints(np.zeros((3, len(names), 3)), names, rat7m,
+                         options=kf.FitOptions(gait=True, support_weight=3.0), fps=30.0)
+    with pytest.raises(ValueError, match='gait'):
+        kf.fit_keypoint_file('no_such_file.mat', options=kf.FitOptions(gait=True))
 
 
 # Rat7M frames 2010-2060, the start of the held-out walk: every paw's limb marker shows one
@@ -683,6 +708,19 @@ def test_a_gait_fit_plants_standing_paws_and_lifts_swinging_ones(rat7m_gait_fits
     assert np.all(plain_low < 5.0)
     # The keypoints pay for it, within reason.
     assert report['residual_mm_mean'] < plain_report['residual_mm_mean'] + 8.0
+
+
+@needs_rat7m
+def test_a_gait_fit_warns_of_a_paw_whose_marker_it_never_sees(tmp_path):
+    # Frames 2010-2012 of the Rat7M recording have no ArmL or ArmR point (measured): those
+    # forepaws get no swing, and the report says so.
+    from vrat_ros import importers
+    _, report = importers.import_clip(
+        RAT7M_MAT, frames=(2010, 2013), animal_scale=1.013, out=str(tmp_path / 'x.npz'),
+        options=kf.FitOptions(support_weight=3.0, gait=True))
+    said = [w for w in report['warnings'] if w.startswith('gait:')]
+    assert len(said) == 2 and 'ArmL' in said[0] and 'hand_L' in said[0]
+    assert report['gait']['hand_L']['swings'] == 0
 
 
 @needs_rat7m

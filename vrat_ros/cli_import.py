@@ -108,7 +108,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                         'along the floor: stance and swing of each paw from the speed of a '
                         "marker on its limb (the marker set's `gait` entry; rat7m20 has "
                         'one); standing paws stay where they land, swinging ones are lifted '
-                        '(vrat_ros.marker_sets.GaitFitter).')
+                        '(vrat_ros.marker_sets.GaitFitter). --smooth, applied after the fit, '
+                        'lets planted paws creep again.')
     p.add_argument('--out', help='Clip file to write (.npz); default: the clip library.')
     p.add_argument('--report', help='Also write the summary as JSON to this file.')
     p.add_argument('--no-progress', action='store_true', help='Hide the progress bar.')
@@ -163,7 +164,8 @@ def _summary(report: dict) -> str:
                 'floor)' if n == 0 else ''))
     if report.get('gait'):
         lines.append('  gait: ' + ', '.join(
-            f"{paw} {g['swings']} swings ({g['swing_fraction']:.0%} of frames)"
+            f"{paw} {g['swings']} swing{'' if g['swings'] == 1 else 's'} "
+            f"({g['swing_fraction']:.0%} of the source frames)"
             for paw, g in report['gait'].items()))
     slip = report.get('paw_slip')
     if slip and slip['slip_mm_s_median'] is not None:

@@ -783,6 +783,8 @@ def _import_keypoints(
         fps_used, fps_source = _ASSUMED_FPS.get(fmt, _DEFAULT_ASSUMED_FPS)
         fps_assumed = True
 
+    if options.gait:  # a bad gait entry is refused before the scale search and the fit
+        marker_sets.checked_gait_settings(given_set, options)
     fitted_scale, scale_scores = None, None
     if scale == 'fit' or animal_scale == 'fit':
         fitted_scale, scale_scores = marker_sets.estimate_body_scale(
@@ -837,6 +839,7 @@ def _import_keypoints(
         report['support_frames'] = int(fitter.support_frames)
     if isinstance(fitter, marker_sets.GaitFitter):
         report['gait'] = fitter.gait_report()
+        report['warnings'].extend(fitter.gait_warnings)
     if abs(factor - 1.0) > 1e-9 and finite.size:  # the same fit in the recording's own mm
         report['residual_mm_mean_recording'] = float(finite.mean() / factor)
         report['residual_mm_p95_recording'] = float(np.percentile(finite, 95) / factor)

@@ -1319,9 +1319,17 @@ def fit_keypoints(
         residual_mm: (T, K) keypoint-to-marker distances (mm), NaN where not fitted.
         failed: (T,) bool, frames that could not be fitted well.
     """
+    _refuse_gait(options)
     marker_set = load_marker_set() if marker_set is None else marker_set
     fitter = KeypointFitter(marker_set, names, scale=scale, options=options)
     return fitter.fit(xyz_m, progress=progress, fps=fps)
+
+
+def _refuse_gait(options: FitOptions | None) -> None:
+    """Raises ValueError for `FitOptions.gait`, which only the marker-set fitter honours."""
+    if options is not None and options.gait:
+        raise ValueError('FitOptions.gait is honoured by vrat_ros.importers.import_clip and '
+                         'marker_sets.make_fitter (vrat import --gait), not by this plain fit')
 
 
 def fit_keypoint_file(
@@ -1364,6 +1372,7 @@ def fit_keypoint_file(
     elif marker_set is None:
         marker_set = load_marker_set()
     options = FitOptions() if options is None else options
+    _refuse_gait(options)
 
     xyz, names, fmt_used = read_keypoints(str(path), fmt)
     if xyz.shape[0] < 2:

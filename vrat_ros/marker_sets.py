@@ -411,6 +411,34 @@ class GaitSettings:
     lift_weight: float = 30.0
     anchor_weight: float = 100.0
 
+    def __post_init__(self):
+        """Checks every number against `GAIT_LIMITS` (ValueError naming the first bad one)."""
+        for key, (lo, hi) in GAIT_LIMITS.items():
+            value = getattr(self, key)
+            whole = key.endswith('_frames')
+            ok = (isinstance(value, int) if whole else isinstance(value, (int, float)))
+            if isinstance(value, bool) or not ok or not lo <= value <= hi:
+                kind = 'a whole number' if whole else 'a number'
+                raise ValueError(f'{key} should be {kind} in [{lo:g}, {hi:g}]: got {value!r}')
+        if self.min_frames > self.max_frames or self.lead_frames > self.max_frames:
+            raise ValueError(f'min_frames and lead_frames should be at most max_frames: got '
+                             f'{self.min_frames}, {self.lead_frames} and {self.max_frames}')
+
+
+# Allowed range of each number of `GaitSettings`: wide, but enough to catch a slip of units
+# (a lift of metres written as mm) and weights that would swamp the keypoints' mm^2.
+GAIT_LIMITS = {
+    'min_speed_mm_s': (0.0, 1e4),
+    'speed_ratio': (0.0, 100.0),
+    'min_frames': (1, 1000),
+    'max_frames': (1, 1000),
+    'lead_frames': (0, 1000),
+    'max_drift_mm': (0.0, 1000.0),
+    'lift_mm': (0.0, 50.0),
+    'lift_weight': (0.0, 1e4),
+    'anchor_weight': (0.0, 1e4),
+}
+
 
 def gait_settings(marker_set: MarkerSet) -> GaitSettings | None:
     """Returns a marker set's optional `gait` entry (see `GaitSettings`), or None.
@@ -430,8 +458,8 @@ def gait_settings(marker_set: MarkerSet) -> GaitSettings | None:
             or not entry['paws'] or 'reference' not in entry:
         raise ClipError(f'{where} should be {{paws: {{<paw body>: <marker>, ...}}, reference: '
                         f'<marker>, ...}}: got {entry!r}')
-    fields = {f.name: f for f in dataclasses.fields(GaitSettings)}
-    unknown = sorted(set(entry) - set(fields))
+    fields = {f.name for f in dataclasses.fields(GaitSettings)}
+    unknown = sorted(set(entry) - fields)
     if unknown:
         raise ClipError(f'{where}: unknown keys {unknown}; known: {sorted(fields)}')
     paws = tuple((str(k), str(v)) for k, v in entry['paws'].items())
@@ -440,21 +468,20 @@ def gait_settings(marker_set: MarkerSet) -> GaitSettings | None:
     if missing:
         raise ClipError(f'{where} names markers the set lacks: {missing}')
     values = {}
-    for key in fields:
-        if key in ('paws', 'reference') or key not in entry:
+    for key in GAIT_LIMITS:
+        if key not in entry:
             continue
         value = entry[key]
-        whole = key.endswith('_frames')
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not np.isfinite(value) or value < 0 or (whole and value != int(value)):
-            kind = 'a whole number >= 0' if whole else 'a number >= 0'
-            raise ClipError(f'{where}: {key} should be {kind}: got {value!r}')
-        values[key] = int(value) if whole else float(value)
-    settings = GaitSettings(paws=paws, reference=str(entry['reference']), **values)
-    if not 1 <= settings.min_frames <= settings.max_frames:
-        raise ClipError(f'{where}: should have 1 <= min_frames <= max_frames: got '
-                        f'{settings.min_frames} and {settings.max_frames}')
-    return settings
+        if isinstance(value, str):  # YAML reads 2e2 (no dot, no exponent sign) as text
+            raise ClipError(f'{where}: {key} should be a number: got the text {value!r} '
+                            '(YAML wants 200 or 2.0e+2)')
+        if key.endswith('_frames') and isinstance(value, float) and value.is_integer():
+            value = int(value)  # 3.0 frames is 3 frames
+        values[key] = value
+    try:
+        return GaitSettings(paws=paws, reference=str(entry['reference']), **values)
+    except ValueError as exc:
+        raise ClipError(f'{where}: {exc}') from exc
 
 
 def swing_schedule(xyz_m: npt.ArrayLike, names: Sequence[str], fps: float,
@@ -477,6 +504,11 @@ def swing_schedule(xyz_m: npt.ArrayLike, names: Sequence[str], fps: float,
     """
     xyz = np.asarray(xyz_m, dtype=np.float64)
     names = [str(n) for n in names]
+    if xyz.ndim != 3 or xyz.shape[0] < 1 or xyz.shape[1:] != (len(names), 3):
+        raise ValueError(f'keypoints should have shape (T >= 1, {len(names)}, 3): got '
+                         f'{xyz.shape}')
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f'fps should be a positive number: got {fps!r}')
 
     def path_mm(marker: str) -> np.ndarray:
         xy = xyz[:, names.index(marker), :2] * 1e3
@@ -553,7 +585,9 @@ class GaitFitter(FloorContactFitter):
     Measured on the shipped Rat7M frames (walk 2010-2310, rear 2460-2600, training clips):
     paws on the floor are carried along at 0.22-0.36 of the root's speed (support fit
     0.5-0.8); the mean marker residual is 6.5-8.1 mm (support fit 5.4-6.3 mm). Known
-    shortcomings: a paw that slips in the data is still planted; a swing is only as good
+    shortcomings: `FitOptions.smooth_s` filters the poses after the fit, so planted paws
+    creep again (walk: carried at 0.35 with smooth_s 0.033, 0.13 without; the figures above
+    are with it); a paw that slips in the data is still planted; a swing is only as good
     as its marker's speed (across a gap in a marker, a straight path is assumed); the legs'
     strength is not checked.
     """
@@ -589,6 +623,7 @@ class GaitFitter(FloorContactFitter):
         self._anchor_sqrt_w = float(np.sqrt(settings.anchor_weight))
         self._lift_sqrt_w = float(np.sqrt(settings.lift_weight))
         self.schedule: dict[str, np.ndarray] = {}
+        self.gait_warnings: list[str] = []  # paws whose marker is (almost) never seen
         self._phase = [None] * len(self.paws)  # swing phase in (0, 1), None in stance
         self._anchor = [None] * len(self.paws)  # xy (m) a standing paw is held at
 
@@ -596,6 +631,14 @@ class GaitFitter(FloorContactFitter):
         if not (fps is not None and np.isfinite(fps) and fps > 0):
             raise ValueError(f'a gait fit needs the frame rate: got fps={fps}')
         self.schedule = swing_schedule(xyz, self.keypoint_names, float(fps), self.settings)
+        self.gait_warnings = []
+        for paw, marker in self.settings.paws:
+            seen = int(np.sum(np.all(np.isfinite(xyz[:, self.keypoint_names.index(marker)]),
+                                     axis=1)))
+            if seen < 2:
+                self.gait_warnings.append(
+                    f'gait: marker {marker} is seen in {seen} frame(s), so {paw} has no '
+                    'swing and stands where it first touches down')
         self._phase = [None] * len(self.paws)
         self._anchor = [None] * len(self.paws)
 
@@ -678,6 +721,24 @@ class GaitFitter(FloorContactFitter):
                 for paw, s in self.schedule.items()}
 
 
+def checked_gait_settings(marker_set: MarkerSet, options: FitOptions) -> GaitSettings:
+    """Returns the gait settings for a fit with `options.gait`, checked before any work.
+
+    Raises:
+        ClipError: no support weight, or the marker set has no (or a malformed) `gait`
+            entry.
+    """
+    if not options.support_weight > 0:
+        raise ClipError('a gait fit (--gait) needs the support terms: give a support '
+                        'weight > 0 (--support-weight)')
+    settings = gait_settings(marker_set)
+    if settings is None:
+        raise ClipError(f"marker set '{marker_set.source or marker_set.name}' has no `gait` "
+                        'entry (which marker on each limb tells stance from swing), so '
+                        '--gait cannot be used with it')
+    return settings
+
+
 def make_fitter(marker_set: MarkerSet, keypoint_names: Sequence[str],
                 scale: float = rc.DEFAULT_BODY_SCALE,
                 options: FitOptions | None = None) -> KeypointFitter:
@@ -692,14 +753,7 @@ def make_fitter(marker_set: MarkerSet, keypoint_names: Sequence[str],
     """
     bodies, weight = floor_contact_settings(marker_set)
     if options is not None and options.gait:
-        if not options.support_weight > 0:
-            raise ClipError('a gait fit (--gait) needs the support terms: give a support '
-                            'weight > 0 (--support-weight)')
-        settings = gait_settings(marker_set)
-        if settings is None:
-            raise ClipError(f"marker set '{marker_set.name}' has no `gait` entry (which "
-                            'marker on each limb tells stance from swing), so --gait cannot '
-                            'be used with it')
+        settings = checked_gait_settings(marker_set, options)
         return GaitFitter(marker_set, keypoint_names, scale=scale, options=options,
                           contact_bodies=bodies, contact_weight=weight, settings=settings)
     if bodies and weight > 0:

@@ -81,6 +81,10 @@ Measured on this project's 2-core machine (shared with other jobs), held-out num
     re-fitted the same way and 0.30 / 0.32 of the shipped ones, where the shipped policy
     tracks 0.33 / 0.34 (the shipped run: 0.34 at 275). Not shipped. (A first run on gait
     fits whose feet could rise off the floor in stance: 0.28 / 0.29 at iteration 400.)
+    On gait fits made without --smooth (paws carried at 0.13 of the root's speed instead
+    of 0.35), stopped at iteration 375: the best weights (from iteration 100) / the
+    latest 0.21 / 0.21 of the unsmoothed gait held-out clips, 0.26 / 0.28 of the shipped
+    ones. Not shipped.
   * the sampling MPC (vrat_ros.mpc, `RAT_SETTINGS`), which a rat config may name as `expert`,
     tracks 0.51 of the held-out clips (PD 0.30): it keeps the rat upright but loses the root
     where the reference walks or rears. At about 1 s per control step on two threads it

@@ -529,21 +529,19 @@ def swing_schedule(xyz_m: npt.ArrayLike, names: Sequence[str], fps: float,
             fast = speed_mm_s(path) > np.fmax(settings.min_speed_mm_s,
                                               settings.speed_ratio * reference)
         swing = np.zeros(len(fast), dtype=bool)
-        t = 0
-        while t < len(fast):
-            if not fast[t]:
-                t += 1
-                continue
-            end = t
-            while end < len(fast) and fast[end]:
-                end += 1
-            length = min(max(end - t, settings.min_frames), settings.max_frames)
-            swing[max(0, t - settings.lead_frames):t + length] = True
-            t = end
+        for start, end in _runs(fast):
+            length = min(max(end - start, settings.min_frames), settings.max_frames)
+            swing[max(0, start - settings.lead_frames):start + length] = True
         if settings.max_drift_mm > 0:
             _add_slow_steps(swing, path, settings)
         out[paw] = swing
     return out
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Returns the (start, stop) frame ranges of the runs of True in a (T,) bool array."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
 
 
 def _add_slow_steps(swing: np.ndarray, path_mm: np.ndarray, settings: GaitSettings) -> None:
@@ -623,6 +621,7 @@ class GaitFitter(FloorContactFitter):
         self._anchor_sqrt_w = float(np.sqrt(settings.anchor_weight))
         self._lift_sqrt_w = float(np.sqrt(settings.lift_weight))
         self.schedule: dict[str, np.ndarray] = {}
+        self._phases: dict[str, np.ndarray] = {}  # per frame: swing phase, NaN in stance
         self.gait_warnings: list[str] = []  # paws whose marker is (almost) never seen
         self._phase = [None] * len(self.paws)  # swing phase in (0, 1), None in stance
         self._anchor = [None] * len(self.paws)  # xy (m) a standing paw is held at
@@ -631,6 +630,12 @@ class GaitFitter(FloorContactFitter):
         if not (fps is not None and np.isfinite(fps) and fps > 0):
             raise ValueError(f'a gait fit needs the frame rate: got fps={fps}')
         self.schedule = swing_schedule(xyz, self.keypoint_names, float(fps), self.settings)
+        self._phases = {}
+        for paw, swing in self.schedule.items():
+            phase = np.full(len(swing), np.nan)
+            for start, end in _runs(swing):  # (k + 1) / (n + 1) at the k-th of n frames
+                phase[start:end] = np.arange(1, end - start + 1) / (end - start + 1)
+            self._phases[paw] = phase
         self.gait_warnings = []
         for paw, marker in self.settings.paws:
             seen = int(np.sum(np.all(np.isfinite(xyz[:, self.keypoint_names.index(marker)]),
@@ -644,18 +649,10 @@ class GaitFitter(FloorContactFitter):
 
     def _begin_frame(self, t: int) -> None:
         for (paw, _), i in zip(self.settings.paws, self._paw_index):
-            swing = self.schedule[paw]
-            if not swing[t]:
-                self._phase[i] = None
-                continue
-            start = t
-            while start > 0 and swing[start - 1]:
-                start -= 1
-            end = t
-            while end < len(swing) and swing[end]:
-                end += 1
-            self._phase[i] = (t - start + 1) / (end - start + 1)
-            self._anchor[i] = None  # lifted: it lands somewhere new
+            phase = self._phases[paw][t]
+            self._phase[i] = None if np.isnan(phase) else float(phase)
+            if self._phase[i] is not None:
+                self._anchor[i] = None  # lifted: it lands somewhere new
 
     def _end_frame(self, qpos: np.ndarray) -> None:
         self._forward(qpos)
@@ -689,7 +686,7 @@ class GaitFitter(FloorContactFitter):
         """Returns (body, xy offset from its anchor in mm) per anchored standing paw."""
         return [(self._paw_body[i], (self.data.xpos[self._paw_body[i], :2] - anchor) * 1e3)
                 for i, anchor in enumerate(self._anchor)
-                if anchor is not None and self._phase[i] is None]
+                if anchor is not None]  # a swinging paw has none (`_begin_frame`)
 
     def _cost(self, qpos, target, valid, qpos_prev):
         cost = super()._cost(qpos, target, valid, qpos_prev)  # leaves the kinematics of qpos
@@ -717,7 +714,7 @@ class GaitFitter(FloorContactFitter):
     def gait_report(self) -> dict:
         """Returns per paw the fraction of frames in swing and the number of swings."""
         return {paw: {'swing_fraction': round(float(s.mean()), 3) if s.size else 0.0,
-                      'swings': int(np.sum(np.diff(np.concatenate([[0], s.astype(int)])) == 1))}
+                      'swings': len(_runs(s))}
                 for paw, s in self.schedule.items()}
 
 

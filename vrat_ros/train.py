@@ -182,7 +182,7 @@ MAX_EPISODE_STEPS = 100_000
 # Settings whose default is a number but that also accept None (see default_config).
 _NULLABLE = {'model.action_bound_quantile', 'train.ema_decay', 'eval.seconds'}
 # Settings added later, which older configuration files lack (their default then applies).
-_OPTIONAL = {'model.residual', 'relabel.expert_hindsight'}
+_OPTIONAL = {'model.residual', 'relabel.expert_hindsight', 'mirror'}
 
 
 def default_config(small: bool = False, robot: str = 'rat') -> dict:
@@ -203,6 +203,9 @@ def default_config(small: bool = False, robot: str = 'rat') -> dict:
         'seed': 0,
         'robot': 'rat',                   # 'rat', or a robot of vrat_ros.robots
         'clips': [DEFAULT_CLIP],          # training clips (.npz, see clip.py)
+        # Also train on each clip's left-right mirror image (vrat_ros.mirror): data
+        # collection and RL use both; the closed-loop evaluations the originals only.
+        'mirror': False,
         'body': {'scale': rc.DEFAULT_BODY_SCALE},
         'data': {                         # round 0: PD data collection
             'n_episodes': 500,
@@ -350,6 +353,7 @@ def _fill_later_settings(config: dict) -> None:
     config.setdefault('rl', None)         # RL fine-tuning
     config['model'].setdefault('residual', False)  # residual models (see _OPTIONAL)
     config['relabel'].setdefault('expert_hindsight', False)
+    config.setdefault('mirror', False)    # mirrored clips
 
 
 def _takes_positions(robot: str) -> bool:
@@ -428,7 +432,7 @@ def _family(value) -> str:
 
 
 _FAMILY_WORDS = {'int': 'an integer', 'float': 'a number', 'str': 'a string', 'list': 'a list',
-                 'dict': 'a mapping of settings', 'null': 'null'}
+                 'dict': 'a mapping of settings', 'null': 'null', 'bool': 'true or false'}
 
 
 def _check_value(name: str, value, default) -> None:
@@ -1046,14 +1050,27 @@ def collection_job(config: dict, round_index: int = 0,
     cfg = round_settings(config, round_index)
     n_episodes = int(cfg['n_episodes'])
     scale = config['body']['scale']
-    hinge_names = make_body(config).hinge_names
-    clips = [Clip.load(p).reorder_to(hinge_names) for p in config['clips']]
+    body = make_body(config)
+    clips = training_clips(config, body)
     init_args = (clips, scale, int(config['relabel']['frames']), policy_state,
                  config['model']['activation'], robot_of(config), expert_settings(config))
     tasks = [(cfg, int(config['seed']), round_index,
               list(range(i, min(i + _CHUNK, n_episodes))))
              for i in range(0, n_episodes, _CHUNK)]
     return init_args, tasks
+
+
+def training_clips(config: dict, body) -> list[Clip]:
+    """The clips that data collection and RL draw from.
+
+    config['clips'] in the body's hinge order, followed by their mirror images
+    (vrat_ros.mirror) when config['mirror'] is set.
+    """
+    clips = [Clip.load(p).reorder_to(body.hinge_names) for p in config['clips']]
+    if config.get('mirror'):
+        from vrat_ros.mirror import mirror_clip
+        clips += [mirror_clip(clip, body.model) for clip in clips]
+    return clips
 
 
 def generate_episodes(config: dict, round_index: int = 0, policy_state: dict | None = None,
@@ -1687,6 +1704,7 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
 
     body = make_body(config)
     clips = [Clip.load(p).reorder_to(body.hinge_names) for p in config['clips']]
+    rl_clips = training_clips(config, body) if rl_total > 0 else clips
     if not any(start < clip.duration_s for start in config['eval']['starts_s']
                for clip in clips):
         raise ValueError(f"setting 'eval.starts_s' {config['eval']['starts_s']} has no start "
@@ -1712,6 +1730,8 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
         base_hash['robot'] = robot_of(config)
     if config.get('expert') is not None:
         base_hash['expert'] = config['expert']
+    if config.get('mirror'):
+        base_hash['mirror'] = True
     dataset = _Dataset()
     timings = {'data_s': 0.0, 'train_s': 0.0, 'eval_s': 0.0, 'rl_s': 0.0}
 
@@ -1857,7 +1877,7 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
             t0 = time.perf_counter()
             if rl_run['state'] is None and best is not None:
                 model.load_state_dict(best['model'])
-            envs = TrackingEnvs(body, clips, int(config['relabel']['frames']), joint_idx,
+            envs = TrackingEnvs(body, rl_clips, int(config['relabel']['frames']), joint_idx,
                                 rl_cfg)
             tuner = PPOFineTuner(model, envs, rl_cfg, seed)
             if rl_run['state'] is not None:

@@ -513,6 +513,15 @@ def test_cli_import_failure_is_one_line_on_stderr(tmp_path, capsys):
     assert err.startswith('vrat import: ') and 'rat23.mat' in err and '\n' not in err
 
 
+def test_cli_infinite_numbers_are_named_as_such(capsys):
+    # 'inf' is greater than zero; the message used to say only 'positive number'.
+    for option, text in (('--fps', 'inf'), ('--smooth', 'inf'), ('--resample', 'inf')):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(['import', 'x.mat', option, text])
+        err = capsys.readouterr().err
+        assert 'finite number' in err and "'inf'" in err, (option, err)
+
+
 def test_cli_usage_errors_exit_2():
     with pytest.raises(SystemExit) as exc:
         _parser().parse_args(['import', 'x.mat', '--fps', '-5'])

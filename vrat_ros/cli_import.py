@@ -19,9 +19,9 @@ def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive number: got {text!r}') from None
+        raise argparse.ArgumentTypeError(f'expected a finite number > 0: got {text!r}') from None
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f'expected a positive number: got {text!r}')
+        raise argparse.ArgumentTypeError(f'expected a finite number > 0: got {text!r}')
     return value
 
 
@@ -37,9 +37,9 @@ def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a number >= 0: got {text!r}') from None
+        raise argparse.ArgumentTypeError(f'expected a finite number >= 0: got {text!r}') from None
     if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f'expected a number >= 0: got {text!r}')
+        raise argparse.ArgumentTypeError(f'expected a finite number >= 0: got {text!r}')
     return value
 
 

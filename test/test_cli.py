@@ -161,6 +161,10 @@ def _capture_train(monkeypatch):
     ('{"data": {"episode_steps": 100000000}}',
      "config '{path}': setting 'data.episode_steps' should be an integer from 1 to 100000"),
     ('{"train": []}', "config '{path}': setting 'train' should be a mapping of settings"),
+    # Was Python's own 'Exceeds the limit (4300 digits) ... set_int_max_str_digits()'.
+    ('{"seed": ' + '9' * 5000 + '}',
+     "config '{path}' is not valid JSON: an integer of 5000 digits (at most 30)"),
+    ('{"mirror": "yes"}', "config '{path}': setting 'mirror' should be true or false"),
 ])
 def test_train_config_errors_name_the_file_and_the_setting(tmp_path, monkeypatch, capsys,
                                                            text, message):

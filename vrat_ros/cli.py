@@ -304,12 +304,24 @@ def _robot_key(name) -> str:
         return str(name)
 
 
+# Longest integer a --config file may spell out; Python refuses to convert ones of over
+# 4300 digits with a message about its own internals, and no setting needs more than this.
+_MAX_CONFIG_DIGITS = 30
+
+
+def _config_int(text: str) -> int:
+    if len(text.lstrip('-')) > _MAX_CONFIG_DIGITS:
+        raise ValueError(f'an integer of {len(text.lstrip("-"))} digits (at most '
+                         f'{_MAX_CONFIG_DIGITS})')
+    return int(text)
+
+
 def _read_train_config(path: str) -> dict:
     """Reads a --config JSON object; errors name the file."""
     with open(path, encoding='utf-8') as f:
         try:
-            update = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            update = json.load(f, parse_int=_config_int)
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             raise ValueError(f"config '{path}' is not valid JSON: {exc}") from None
     if not isinstance(update, dict):
         raise ValueError(f"config '{path}' should hold a JSON object of settings: got "

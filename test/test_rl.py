@@ -1,5 +1,6 @@
 """Tests of the RL fine-tuning stage (vrat_ros/rl.py) and its place in `vrat train`."""
 
+import copy
 import shutil
 
 import mujoco
@@ -133,7 +134,10 @@ def test_rl_stage_changes_the_policy_and_resumes_exactly(tmp_path):
     assert first['rl_iterations'] == 1 and not first['complete']
     assert not (part / 'policy.onnx').exists()
     train(config, str(part), resume=True, progress=False, stop_after_rl_iterations=2)
-    last = train(config, str(part), resume=True, progress=False)
+    # A config that spells out RL defaults is the same run (it used to be refused).
+    spelled = copy.deepcopy(config)
+    spelled['rl'].update({'gamma': DEFAULT_RL['gamma'], 'lr': DEFAULT_RL['lr']})
+    last = train(spelled, str(part), resume=True, progress=False)
     assert last['complete'] and last['rl_history'] == full['rl_history']
     for key in ('n_episodes', 'n_transitions', 'n_examples'):
         assert last[key] == full[key], key

@@ -1562,6 +1562,19 @@ def _clone_state(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _resume_view(config: dict) -> dict:
+    """A configuration as `--resume` compares it.
+
+    The 'rl' section has its defaults filled in, so that a file spelling out a default
+    resumes a run whose file left it out.
+    """
+    from vrat_ros.rl import rl_settings
+    view = dict(config)
+    if view.get('rl') is not None:
+        view['rl'] = rl_settings(view)
+    return _json_ready(view)
+
+
 def _json_ready(value):
     """Converts numpy scalars and arrays inside nested dicts/lists to plain Python types."""
     if isinstance(value, dict):
@@ -1691,9 +1704,9 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
     if resume and os.path.isfile(ckpt_path):
         resumed = torch.load(ckpt_path, map_location='cpu', weights_only=True)
         _fill_later_settings(resumed['config'])
-        if _json_ready(resumed['config']) != _json_ready(config):
-            diff = sorted(k for k in set(config) | set(resumed['config'])
-                          if config.get(k) != resumed['config'].get(k))
+        mine, theirs = _resume_view(config), _resume_view(resumed['config'])
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             hint = ''
             if 'rl' in diff and resumed['config'].get('rl') is None:
                 hint = ('; a run from before the RL stage existed resumes with "rl": null '

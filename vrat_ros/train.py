@@ -88,7 +88,14 @@ Measured on this project's 2-core machine (shared with other jobs), held-out num
   * the sampling MPC (vrat_ros.mpc, `RAT_SETTINGS`), which a rat config may name as `expert`,
     tracks 0.51 of the held-out clips (PD 0.30): it keeps the rat upright but loses the root
     where the reference walks or rears. At about 1 s per control step on two threads it
-    labels about 3,600 steps an hour here, so no rat policy has been trained from it yet.
+    labels about 3,600 steps an hour here. A policy started from it, as the shipped
+    quadruped one is (config/train_rat.json plus "expert": {"kind": "mpc", "mpc":
+    {"threads": 1}}, 48 round-0 episodes of 100 steps (39 min of MPC on 2 workers), no
+    DAgger round, relabel.expert_hindsight): after imitation the training windows were
+    tracked 0.49-0.54 but with joint RMSE 0.38-0.42 rad and validation loss 2.2-2.4 (the
+    PD-data imitation: 0.61), held-out 0.22 with action change 0.18; RL made it worse
+    (training windows 0.47 at iteration 100, 0.43 at 200; held-out 0.21 at 250), so the run
+    was stopped. 4,800 MPC steps are too few to imitate, and RL does not repair that start.
 
 Robots (`--robot`, vrat_ros.robots): the same steps on a robot's shipped training clips, with
 the robot's own command interface (`RobotActions`: a position robot's actions are targets about

@@ -655,3 +655,24 @@ def test_a_bad_frame_rate_stored_in_a_keypoint_file_is_refused_before_the_fit(tm
                                             r'.* should be a number >= 0.001'):
             import_clip(str(path), out=str(tmp_path / 'x.npz'))
         assert not (tmp_path / 'x.npz').exists()
+
+
+def test_summary_counts_fitted_frames_when_resampled():
+    # A 20-frame fit written at 50 Hz from 30 Hz has 33 frames; the summary used to count
+    # failed and support frames of the fit "of 33 frames", the written clip's length.
+    report = {
+        'source': 'x.mat', 'format': 'rat7m', 'source_frames': [0, 20], 'out': 'x.npz',
+        'fps_assumed': False, 'fps_source': 'file', 'resampled_from_fps': 30.0,
+        'frames': 33, 'fitted_frames': 20, 'fps': 50.0, 'duration_s': 0.64,
+        'body_scale': 0.9, 'residual_mm_mean': 7.0, 'residual_mm_p95': 12.0,
+        'units_detected': True, 'units_assumed': 'mm', 'marker_set': 'rat7m20',
+        'animal_scale': 1.0, 'retarget_factor': 0.9, 'keypoints_rejected_frames': {},
+        'failed_frames': [3], 'fit_seconds': 1.0, 'support_frames': 12,
+    }
+    text = cli_import._summary(report)
+    assert 'failed frames 1 of 20 source frames' in text
+    assert 'support terms acted in 12 of 20 source frames' in text
+    assert '33 frames at 50 Hz (resampled from 30 Hz' in text
+    del report['resampled_from_fps']
+    report['frames'] = 20
+    assert 'support terms acted in 12 of 20 frames' in cli_import._summary(report)

@@ -153,13 +153,17 @@ def _summary(report: dict) -> str:
         if rejected:
             lines.append('  keypoints dropped as mislabelled (frames): ' + ', '.join(
                 f'{k} {v}' for k, v in rejected.items()))
+        # With --resample the fit ran on the source frames, not the written ones.
+        fitted = report.get('fitted_frames', report['frames'])
+        of = (f'{fitted} source frames' if report.get('resampled_from_fps')
+              else f'{fitted} frames')
         lines.append(f"  keypoint residual: mean {report['residual_mm_mean']:.2f} mm, p95 "
                      f"{report['residual_mm_p95']:.2f} mm; failed frames "
-                     f"{len(report['failed_frames'])} of {report['frames']}; fit "
+                     f"{len(report['failed_frames'])} of {of}; fit "
                      f"{report['fit_seconds']:.1f} s")
         if 'support_frames' in report:
             n = report['support_frames']
-            lines.append(f"  support terms acted in {n} of {report['frames']} frames" + (
+            lines.append(f"  support terms acted in {n} of {of}" + (
                 ' (no effect: every paw has a marker, or no unobserved paw could reach the '
                 'floor)' if n == 0 else ''))
     if report.get('gait'):

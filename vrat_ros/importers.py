@@ -984,11 +984,13 @@ def import_clip(
             timespec='seconds'),
     })
     clip.meta.update(meta or {})
+    fitted_frames = clip.n_frames  # the frames the fit saw (failed_frames index these)
     if resample is not None:
         clip = resample_clip(clip, resample)
 
     report = {
         'frames': clip.n_frames,
+        'fitted_frames': fitted_frames,
         'fps': clip.fps,
         'duration_s': clip.duration_s,
         **{k: report[k] for k in ('residual_mm_mean', 'residual_mm_p95', 'failed_frames')},

@@ -702,6 +702,10 @@ def test_a_gait_fit_plants_standing_paws_and_lifts_swinging_ones(rat7m_gait_fits
     paws = [p.name for p in fitter.paws]
     peaks = []
     for paw, swing in schedule.items():
+        # The clip's meta says where each swing was (it used to give only counts).
+        runs = [[a, b] for a, b in marker_sets._runs(swing)]
+        assert stepped.meta['gait']['paws'][paw]['swing_frames'] == runs
+        assert len(runs) == gait[paw]['swings']
         if swing.any():
             peaks.append(float(np.max(low[swing, paws.index(paw)])))
     assert len(peaks) == 4 and min(peaks) > 5.0

@@ -712,9 +712,14 @@ class GaitFitter(FloorContactFitter):
         return np.concatenate(rows_r), np.concatenate(rows_j)
 
     def gait_report(self) -> dict:
-        """Returns per paw the fraction of frames in swing and the number of swings."""
+        """Returns per paw the share of frames in swing, the number of swings and each swing.
+
+        'swing_frames' lists the swings as [start, stop) indices of the fitted frames (the
+        source's frames, before any resampling).
+        """
         return {paw: {'swing_fraction': round(float(s.mean()), 3) if s.size else 0.0,
-                      'swings': len(_runs(s))}
+                      'swings': len(_runs(s)),
+                      'swing_frames': [[a, b] for a, b in _runs(s)]}
                 for paw, s in self.schedule.items()}
 
 

@@ -787,3 +787,24 @@ def test_paw_slip_is_the_speed_of_paws_dragged_along_the_floor():
             kf.paw_slip(still, contact_m=bad, body=body)
     with pytest.raises(ValueError, match='the body has scale 1.2 but the clip was made for 0.9'):
         kf.paw_slip(still, body=RatBody(scale=1.2))
+
+
+def test_the_floor_pull_skips_a_swinging_foot():
+    # The marker set's weak floor_contact pull (foot and toe of each hind leg) used to act on
+    # a swinging foot too, against the lift that holds it up.
+    from vrat_ros import marker_sets
+    marker_set = marker_sets.resolve_marker_set('rat7m20')
+    fitter = marker_sets.make_fitter(marker_set, list(marker_set.keypoint_names),
+                                     options=kf.FitOptions(support_weight=3.0, gait=True))
+    paws = [p.name for p in fitter.paws]
+    bodies = fitter.model.geom_bodyid[fitter.floor_geoms]
+    names = fitter.body.body_names
+
+    def pulled():
+        return sorted(names[int(bodies[g[0]])] for g in fitter._contact_groups_now())
+
+    assert pulled() == ['foot_L', 'foot_R', 'toe_L', 'toe_R']
+    fitter._phase[paws.index('foot_L')] = 0.5  # mid-swing
+    assert pulled() == ['foot_R', 'toe_R']
+    fitter._phase[paws.index('hand_R')] = 0.5  # a forepaw has no pull to skip
+    assert pulled() == ['foot_R', 'toe_R']

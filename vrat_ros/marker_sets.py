@@ -340,11 +340,15 @@ class FloorContactFitter(KeypointFitter):
             self.contact_groups.append(group)
         self.contact_sqrt_w = float(np.sqrt(contact_weight))
 
+    def _contact_groups_now(self) -> list[np.ndarray]:
+        """The contact bodies' geom rows that the pull acts on in the current frame."""
+        return self.contact_groups
+
     def _contact_points(self) -> list[tuple[int, np.ndarray]]:
         """Returns (geom row, lowest point) per contact body that floats above the floor."""
         low = self._floor_points()
         out = []
-        for group in self.contact_groups:
+        for group in self._contact_groups_now():
             g = group[np.argmin(low[group, 2])]
             if low[g, 2] > 0.0:
                 out.append((int(g), low[g]))
@@ -580,12 +584,14 @@ class GaitFitter(FloorContactFitter):
     - a swinging paw is neither pulled down nor part of the support polygon, and its lowest
       sole point is pushed up to at least `lift_mm` x sin(pi x phase) over the swing.
 
+    The marker set's weak floor pull (`floor_contact`) skips the bodies of a swinging paw.
     Measured on the shipped Rat7M frames (walk 2010-2310, rear 2460-2600, training clips):
-    paws on the floor are carried along at 0.22-0.36 of the root's speed (support fit
-    0.5-0.8); the mean marker residual is 6.5-8.1 mm (support fit 5.4-6.3 mm). Known
-    shortcomings: `FitOptions.smooth_s` filters the poses after the fit, so planted paws
-    creep again (walk: carried at 0.35 with smooth_s 0.033, 0.13 without; the figures above
-    are with it); a paw that slips in the data is still planted; a swing is only as good
+    paws on the floor are carried along at -0.06 to 0.26 of the root's speed (support fit
+    0.5-0.8); the mean marker residual is 6.6-7.7 mm (support fit 5.4-6.3 mm). Before the
+    floor pull skipped swinging feet: 0.22-0.36 and 6.5-8.1 mm. Known shortcomings:
+    `FitOptions.smooth_s` filters the poses after the fit, so planted paws creep again
+    (walk: carried at 0.26 with smooth_s 0.033, 0.12 without; the figures above are with
+    it); a paw that slips in the data is still planted; a swing is only as good
     as its marker's speed (across a gap in a marker, a straight path is assumed); the legs'
     strength is not checked.
     """
@@ -668,6 +674,16 @@ class GaitFitter(FloorContactFitter):
 
     def _support_paws(self):
         return [p for i, p in enumerate(self.paws) if self._phase[i] is None]
+
+    def _contact_groups_now(self) -> list[np.ndarray]:
+        # The marker set's weak floor pull (floor_contact) skips the bodies of a swinging
+        # paw, which the lift terms hold up.
+        swinging = [self.paws[i].geoms for i in range(len(self.paws))
+                    if self._phase[i] is not None]
+        if not swinging:
+            return self.contact_groups
+        up = np.concatenate(swinging)
+        return [g for g in self.contact_groups if not np.isin(g, up).any()]
 
     def _lift_terms(self) -> list[tuple[int, np.ndarray, float]]:
         """Returns (body, lowest sole point, mm still to lift) per swinging paw too low."""

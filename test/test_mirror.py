@@ -123,3 +123,17 @@ def test_mirror_setting_must_be_true_or_false():
         validate_config(config)
     del config['mirror']  # configurations written before the setting existed
     validate_config(config)
+
+
+def test_quadruped_mirror_comes_from_its_geometry_too():
+    # The dm_control quadruped builds its legs by rotation, not reflection: its hip yaw
+    # joints flip sign between sides where the rat's limb joints do not.
+    from vrat_ros.robots import Robot
+    robot = Robot('quadruped')
+    names = robot.hinge_names
+    mapping = mirror_map(robot.model, names)
+    pairs = {names[i]: (names[j], s) for i, (j, s) in enumerate(zip(mapping.mates,
+                                                                    mapping.signs))}
+    assert pairs['yaw_front_left'] == ('yaw_front_right', -1.0)
+    assert pairs['pitch_back_right'] == ('pitch_back_left', 1.0)
+    assert pairs['knee_front_left'] == ('knee_front_right', 1.0)

@@ -606,8 +606,9 @@ def test_shipped_rat_policy_was_made_by_the_documented_command():
     config = documented_config('train_rat.json')
     used = training['config']
     for section in ('expert', 'rl', 'relabel', 'data', 'rounds', 'train', 'model', 'eval',
-                    'seed', 'body'):
+                    'seed', 'body', 'mirror'):
         assert used[section] == config[section], section
+    assert used['mirror'] is True  # the mirrored training clips (vrat_ros.mirror)
     assert used['clips'] == [name + '.npz' for name in config_file('train_rat.json')['clips']]
     # Never the held-out clips.
     files = {c['file'] for c in training['clips']}

@@ -27,7 +27,7 @@ its controllers, at the small scale a 2-core machine allows:
     joints_rad2 would give no signal, and RL on the other terms alone lets the limbs drift
     (measured on the rat's default clip: motor-joint RMSE 0.025 rad after imitation, 0.071
     after 1000 iterations without the term; with it, weight 0.5 as in config/train_rat.json,
-    0.028 at the selected iteration 500).
+    0.028 at the selected iteration 500, and 0.029 at 800 once the mirrored clips were added).
   * PPO: the policy's action is the network's output plus Gaussian noise (a learned standard
     deviation per actuator, starting at `init_std`); a separate value network (on the same
     normalised observation) is trained alone for `value_warmup` iterations first, so the

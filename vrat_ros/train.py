@@ -61,15 +61,15 @@ Measured on this project's 2-core machine (shared with other jobs), held-out num
     from 5 starts, body error 13.3 mm; but the joints with their own motor are tracked no
     better than PD (0.071 rad in `vrat run`, PD 0.069, the imitation-only policy 0.025): the
     joint reward (joints_rad2 0.05 on the mean squared error) is loose.
-  * the shipped policy (config/train_rat.json): the same plus the RL reward term on the 30
-    joints with a motor of their own (weights.motor_joints 0.5, motor_joints_rad2 0.0025):
-    3048 s in all (data 80 s, imitation 87 s, RL 2642 s at about 2.5 s an iteration on an
-    otherwise idle machine, evals 233 s). Training-window tracked fraction 0.60-0.64 from
-    iteration 100 on, score best at 500 (selected). Held-out (latest weights): 0.34 after 275,
-    375 and 550 iterations, 0.36 after 775; the selected weights 0.34 with joint RMSE 0.130
-    rad and body error 38.1 mm (the previous policy 0.36, 0.155, 46.7; PD 0.30, 0.114, 31.7).
-    Default clip in `vrat run`: motor joints 0.028 rad (PD 0.069), body 14.0 mm, tracked 1.00
-    (also from 5 starts).
+  * the previous shipped policy (config/train_rat.json without "mirror"): the same plus the
+    RL reward term on the 30 joints with a motor of their own (weights.motor_joints 0.5,
+    motor_joints_rad2 0.0025): 3048 s in all (data 80 s, imitation 87 s, RL 2642 s at
+    about 2.5 s an iteration on an otherwise idle machine, evals 233 s). Training-window
+    tracked fraction 0.60-0.64 from iteration 100 on, score best at 500 (selected). Held-out
+    (latest weights): 0.34 after 275, 375 and 550 iterations, 0.36 after 775; the selected
+    weights 0.34 with joint RMSE 0.130 rad and body error 38.1 mm (the previous policy 0.36,
+    0.155, 46.7; PD 0.30, 0.114, 31.7). Default clip in `vrat run`: motor joints 0.028 rad
+    (PD 0.069), body 14.0 mm, tracked 1.00 (also from 5 starts).
   * the same with rl.end_root_m 0.2 (RL episodes end 0.2 m from the reference root instead
     of 0.1 m, so they go on after the root falls behind): 2996 s; training windows 0.655 at
     iteration 400 (selected), then 0.63-0.64; held-out 0.35, joint RMSE 0.156 rad, body
@@ -78,20 +78,30 @@ Measured on this project's 2-core machine (shared with other jobs), held-out num
     (paws that step instead of sliding; marker_sets.GaitFitter), stopped after about 450 of
     the 1000 RL iterations (~30 min): training windows (of the gait fits) 0.58-0.60; at
     iteration 400 the best / latest weights tracked 0.26 / 0.27 of the held-out clips
-    re-fitted the same way and 0.30 / 0.32 of the shipped ones, where the shipped policy
-    tracks 0.33 / 0.34 (the shipped run: 0.34 at 275). Not shipped. (A first run on gait
+    re-fitted the same way and 0.30 / 0.32 of the shipped ones, where the previous shipped
+    policy tracks 0.33 / 0.34 (the shipped run: 0.34 at 275). Not shipped. (A first run on gait
     fits whose feet could rise off the floor in stance: 0.28 / 0.29 at iteration 400.)
     On gait fits made without --smooth (paws carried at 0.13 of the root's speed instead
     of 0.35), stopped at iteration 375: the best weights (from iteration 100) / the
     latest 0.21 / 0.21 of the unsmoothed gait held-out clips, 0.26 / 0.28 of the shipped
     ones. Not shipped.
+  * the shipped policy (config/train_rat.json): the previous shipped policy's config plus
+    `mirror` (data collection and RL also on each training clip's left-right mirror image,
+    vrat_ros.mirror): 2952 s in all (data 75 s, imitation 93 s, RL 2556 s, evals 223 s).
+    Training-window tracked fraction 0.53 after imitation, 0.60-0.64 from RL iteration 100
+    on, score best at 800 (selected). Held-out (latest weights, 5 starts): 0.33 after 335
+    iterations, 0.34 after 575; the selected weights 0.39 with joint RMSE 0.127 rad, body
+    error 38.4 mm, root 32.3 mm. With 20 starts per clip: 0.47 against the previous
+    policy's 0.43 (walk 0.40 both, rear 0.53 and 0.45; PD 0.35), joint RMSE 0.122 both,
+    body 41.4 and 39.1 mm. Default clip in `vrat run`: motor joints 0.029 rad, body
+    13.8 mm, tracked 1.00.
   * the sampling MPC (vrat_ros.mpc, `RAT_SETTINGS`), which a rat config may name as `expert`,
     tracks 0.51 of the held-out clips (PD 0.30): it keeps the rat upright but loses the root
     where the reference walks or rears. At about 1 s per control step on two threads it
     labels about 3,600 steps an hour here. A policy started from it, as the shipped
-    quadruped one is (config/train_rat.json plus "expert": {"kind": "mpc", "mpc":
-    {"threads": 1}}, 48 round-0 episodes of 100 steps (39 min of MPC on 2 workers), no
-    DAgger round, relabel.expert_hindsight): after imitation the training windows were
+    quadruped one is (config/train_rat.json without "mirror", plus "expert": {"kind":
+    "mpc", "mpc": {"threads": 1}}, 48 round-0 episodes of 100 steps (39 min of MPC on 2
+    workers), no DAgger round, relabel.expert_hindsight): after imitation the training windows were
     tracked 0.49-0.54 but with joint RMSE 0.38-0.42 rad and validation loss 2.2-2.4 (the
     PD-data imitation: 0.61), held-out 0.22 with action change 0.18; RL made it worse
     (training windows 0.47 at iteration 100, 0.43 at 200; held-out 0.21 at 250), so the run

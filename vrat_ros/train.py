@@ -22,7 +22,8 @@ shipped policy). Three Rat7M training clips ship beside it (frames 1000-2999 of 
 recording, at least 30 frames from the held-out walk and rear; resources.TRAINING_CLIPS,
 `DEFAULT_TRAINING_CLIPS` here); list them under 'clips' in a --config file to train on them
 too (an episode picks one clip at random). The shipped policy comes from
-config/train_rat.json: those clips (the DANNCE clip twice), then the RL stage (see below).
+config/train_rat.json: those clips (the DANNCE clip twice) and, with 'mirror', their
+left-right mirror images (vrat_ros.mirror), then the RL stage (see below).
 
 Measured on this project's 2-core machine (shared with other jobs), held-out numbers from
 `vrat eval` (2 Rat7M clips x 5 starts), default clip from start 0 to the end:

@@ -96,6 +96,27 @@ def test_a_lopsided_body_is_refused_by_name():
         mirror_map(model, ['elbow'])
 
 
+def test_the_mirror_is_taken_in_the_root_bodys_frame():
+    # A symmetric body whose root starts off the world's x-z plane, turned by 30 degrees.
+    arm = '''
+      <body name="arm_{side}" pos="0 {y} 0">
+        <joint name="shoulder_{side}" type="hinge" axis="0 1 0"/>
+        <joint name="twist_{side}" type="hinge" axis="1 0 0"/>
+        <geom type="capsule" fromto="0 0 0 0.03 0 0" size="0.004" mass="0.01"/>
+      </body>'''
+    xml = ("""<mujoco><worldbody><body name="trunk" pos="0.1 0.2 0.1" euler="0 0 30">
+      <freejoint name="root"/><geom type="box" size="0.05 0.02 0.01" mass="0.1"/>"""
+           + arm.format(side='L', y=0.03) + arm.format(side='R', y=-0.03)
+           + '</body></worldbody></mujoco>')
+    model = mujoco.MjModel.from_xml_string(xml)
+    names = ['shoulder_L', 'twist_L', 'shoulder_R', 'twist_R']
+    mapping = mirror_map(model, names)
+    assert mapping.mates.tolist() == [2, 3, 0, 1]
+    # Both arms use the same axes, not mirrored ones: the pitch keeps its sign, the roll
+    # about the forward axis flips it.
+    assert mapping.signs.tolist() == [1.0, -1.0, 1.0, -1.0]
+
+
 def test_a_clip_lacking_a_mate_is_refused(rat):
     clip = Clip.load(WALK).reorder_to(rat.hinge_names)
     keep = [n for n in rat.hinge_names if n != 'knee_R']

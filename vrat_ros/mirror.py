@@ -7,8 +7,9 @@ reference: a rat that turns left becomes one that turns right, a left-paw-first 
 right-paw-first one.
 
 The mirror is found from the model itself, not from joint names: at the model's reference
-pose (qpos0) every hinge must have a mate whose anchor is its reflection through the world
-x-z plane and whose axis is its reflected axis up to sign. A hinge on the midline (a spine
+pose (qpos0), in the frame of the root body (the free joint's), every hinge must have a mate
+whose anchor is its reflection through the x-z plane and whose axis is its reflected axis
+up to sign. A hinge on the midline (a spine
 bend) is its own mate. Because an axis of rotation reflects as a pseudo-vector (a mirror
 turns a rotation about a into one about -M a, M = diag(1, -1, 1)), a mate whose axis equals
 -M a takes the same angle and one whose axis equals M a the opposite angle. On the rat the
@@ -59,8 +60,8 @@ def mirror_map(model: mujoco.MjModel, hinge_names: list[str]) -> MirrorMap:
     """Finds each hinge's mirror image in `model` (see the module docstring).
 
     Args:
-        model: a model with a free root and hinge joints, symmetric about the x-z plane
-            at qpos0.
+        model: a model with a free root and hinge joints, symmetric about its root body's
+            x-z plane at qpos0.
         hinge_names: the hinges to map, in the order the clips use.
 
     Raises:
@@ -69,6 +70,13 @@ def mirror_map(model: mujoco.MjModel, hinge_names: list[str]) -> MirrorMap:
     """
     data = mujoco.MjData(model)
     mujoco.mj_kinematics(model, data)
+    # Anchors and axes in the root body's frame, so a root placed off the world's x-z plane
+    # (or turned) at qpos0 does not matter.
+    free = np.flatnonzero(model.jnt_type == mujoco.mjtJoint.mjJNT_FREE)
+    root = int(model.jnt_bodyid[free[0]]) if free.size else 0
+    rot = data.xmat[root].reshape(3, 3)
+    anchors = (data.xanchor - data.xpos[root]) @ rot
+    axes = data.xaxis @ rot
     hinge = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE]
     ids = {}
     for name in hinge_names:
@@ -80,11 +88,11 @@ def mirror_map(model: mujoco.MjModel, hinge_names: list[str]) -> MirrorMap:
     mates, signs = [], []
     for name in hinge_names:
         j = ids[name]
-        anchor = data.xanchor[j] * _REFLECT
-        axis = -data.xaxis[j] * _REFLECT  # a rotation axis reflects as a pseudo-vector
-        found = [(k, float(np.dot(data.xaxis[k], axis))) for k in hinge
-                 if np.linalg.norm(data.xanchor[k] - anchor) < _ANCHOR_TOL_M
-                 and abs(float(np.dot(data.xaxis[k], axis))) > _AXIS_COS]
+        anchor = anchors[j] * _REFLECT
+        axis = -axes[j] * _REFLECT  # a rotation axis reflects as a pseudo-vector
+        found = [(k, float(np.dot(axes[k], axis))) for k in hinge
+                 if np.linalg.norm(anchors[k] - anchor) < _ANCHOR_TOL_M
+                 and abs(float(np.dot(axes[k], axis))) > _AXIS_COS]
         if len(found) != 1:
             what = 'no hinge mirrors' if not found else f'{len(found)} hinges mirror'
             raise ClipError(f"cannot mirror: {what} '{name}' (the body is not symmetric about "

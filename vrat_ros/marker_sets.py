@@ -626,6 +626,10 @@ class GaitFitter(FloorContactFitter):
         self._paw_body = [names.index(p.name) for p in self.paws]
         self._anchor_sqrt_w = float(np.sqrt(settings.anchor_weight))
         self._lift_sqrt_w = float(np.sqrt(settings.lift_weight))
+        # Per floor_contact group, the paw whose bodies it lies on (None: no paw's).
+        self._group_paw = [next((i for i, p in enumerate(self.paws)
+                                 if np.isin(group, p.geoms).any()), None)
+                           for group in self.contact_groups]
         self.schedule: dict[str, np.ndarray] = {}
         self._phases: dict[str, np.ndarray] = {}  # per frame: swing phase, NaN in stance
         self.gait_warnings: list[str] = []  # paws whose marker is (almost) never seen
@@ -678,12 +682,8 @@ class GaitFitter(FloorContactFitter):
     def _contact_groups_now(self) -> list[np.ndarray]:
         # The marker set's weak floor pull (floor_contact) skips the bodies of a swinging
         # paw, which the lift terms hold up.
-        swinging = [self.paws[i].geoms for i in range(len(self.paws))
-                    if self._phase[i] is not None]
-        if not swinging:
-            return self.contact_groups
-        up = np.concatenate(swinging)
-        return [g for g in self.contact_groups if not np.isin(g, up).any()]
+        return [g for g, i in zip(self.contact_groups, self._group_paw)
+                if i is None or self._phase[i] is None]
 
     def _lift_terms(self) -> list[tuple[int, np.ndarray, float]]:
         """Returns (body, lowest sole point, mm still to lift) per swinging paw too low."""
@@ -733,10 +733,12 @@ class GaitFitter(FloorContactFitter):
         'swing_frames' lists the swings as [start, stop) indices of the fitted frames (the
         source's frames, before any resampling).
         """
-        return {paw: {'swing_fraction': round(float(s.mean()), 3) if s.size else 0.0,
-                      'swings': len(_runs(s)),
-                      'swing_frames': [[a, b] for a, b in _runs(s)]}
-                for paw, s in self.schedule.items()}
+        out = {}
+        for paw, s in self.schedule.items():
+            runs = [[a, b] for a, b in _runs(s)]
+            out[paw] = {'swing_fraction': round(float(s.mean()), 3) if s.size else 0.0,
+                        'swings': len(runs), 'swing_frames': runs}
+        return out
 
 
 def checked_gait_settings(marker_set: MarkerSet, options: FitOptions) -> GaitSettings:

@@ -88,11 +88,11 @@ def mirror_map(model: mujoco.MjModel, hinge_names: list[str]) -> MirrorMap:
     mates, signs = [], []
     for name in hinge_names:
         j = ids[name]
-        anchor = anchors[j] * _REFLECT
         axis = -axes[j] * _REFLECT  # a rotation axis reflects as a pseudo-vector
-        found = [(k, float(np.dot(axes[k], axis))) for k in hinge
-                 if np.linalg.norm(anchors[k] - anchor) < _ANCHOR_TOL_M
-                 and abs(float(np.dot(axes[k], axis))) > _AXIS_COS]
+        cos = axes[hinge] @ axis
+        near = np.linalg.norm(anchors[hinge] - anchors[j] * _REFLECT, axis=1) < _ANCHOR_TOL_M
+        found = [(k, float(c)) for k, c, ok in zip(hinge, cos, near & (np.abs(cos) > _AXIS_COS))
+                 if ok]
         if len(found) != 1:
             what = 'no hinge mirrors' if not found else f'{len(found)} hinges mirror'
             raise ClipError(f"cannot mirror: {what} '{name}' (the body is not symmetric about "

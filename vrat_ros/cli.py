@@ -310,9 +310,9 @@ _MAX_CONFIG_DIGITS = 30
 
 
 def _config_int(text: str) -> int:
-    if len(text.lstrip('-')) > _MAX_CONFIG_DIGITS:
-        raise ValueError(f'an integer of {len(text.lstrip("-"))} digits (at most '
-                         f'{_MAX_CONFIG_DIGITS})')
+    digits = len(text.lstrip('-'))
+    if digits > _MAX_CONFIG_DIGITS:
+        raise ValueError(f'an integer of {digits} digits (at most {_MAX_CONFIG_DIGITS})')
     return int(text)
 
 

@@ -1734,8 +1734,8 @@ def _train(config: dict, out_dir: str, resume: bool, progress: bool,
                 f'resume needs the same configuration{hint}')
 
     body = make_body(config)
-    clips = [Clip.load(p).reorder_to(body.hinge_names) for p in config['clips']]
-    rl_clips = training_clips(config, body) if rl_total > 0 else clips
+    rl_clips = training_clips(config, body)
+    clips = rl_clips[:len(config['clips'])]  # the originals: the evaluations use these
     if not any(start < clip.duration_s for start in config['eval']['starts_s']
                for clip in clips):
         raise ValueError(f"setting 'eval.starts_s' {config['eval']['starts_s']} has no start "
